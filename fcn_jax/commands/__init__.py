@@ -1,0 +1,1 @@
+"""One module per `fcn-jax` subcommand (see `fcn_jax.cli`)."""
