@@ -1,0 +1,167 @@
+"""torchvision AlexNet state_dict -> Flax parameters, and transplant into an FCN.
+
+The whole mapping is the table `TORCH_TO_FLAX`: PyTorch key prefix -> Flax layer
+and how its weight is laid out. Conversion needs no torch import (numpy arrays
+work); torch is needed only to read a `.pth` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax
+import jax
+import numpy as np
+
+from fcn_jax import geometry
+from fcn_jax.models import CHANNELS, FCN, init_params
+
+# torchvision's AlexNet flattens pool5 (C=256, H=6, W=6) before classifier.1.
+_FC6_INPUT = (256, geometry.ALEXNET_LAYERS["fc6"].kernel, geometry.ALEXNET_LAYERS["fc6"].kernel)
+
+# PyTorch prefix -> (Flax layer, kind). "conv": weight (O, I, kh, kw) -> kernel (kh, kw, I, O).
+# "linear": weight (O, I) -> 1x1 kernel; "linear6x6": weight (O, C*H*W) -> kernel (H, W, C, O).
+TORCH_TO_FLAX: dict[str, tuple[str, str]] = {
+    "features.0": ("conv1", "conv"),
+    "features.3": ("conv2", "conv"),
+    "features.6": ("conv3", "conv"),
+    "features.8": ("conv4", "conv"),
+    "features.10": ("conv5", "conv"),
+    "classifier.1": ("fc6", "linear6x6"),
+    "classifier.4": ("fc7", "linear"),
+    "classifier.6": ("fc8", "linear"),
+}
+
+# Layers of the classifier that the FCN keeps (fc8 is replaced by score layers).
+TRANSPLANTED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+def _expected_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    ins = {"conv1": 3, "conv2": 64, "conv3": 192, "conv4": 384, "conv5": 256}
+    shapes = {}
+    for prefix, (layer, kind) in TORCH_TO_FLAX.items():
+        out = CHANNELS.get(layer, num_classes)
+        if kind == "conv":
+            k = geometry.ALEXNET_LAYERS[layer].kernel
+            shapes[f"{prefix}.weight"] = (out, ins[layer], k, k)
+        elif kind == "linear6x6":
+            shapes[f"{prefix}.weight"] = (out, int(np.prod(_FC6_INPUT)))
+        else:
+            shapes[f"{prefix}.weight"] = (out, 4096)
+        shapes[f"{prefix}.bias"] = (out,)
+    return shapes
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _weight_to_kernel(w: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "conv":
+        return w.transpose(2, 3, 1, 0)
+    if kind == "linear6x6":
+        return w.reshape(w.shape[0], *_FC6_INPUT).transpose(2, 3, 1, 0)
+    return w.T[None, None]
+
+
+def alexnet_from_torch(state_dict: Mapping[str, Any]) -> dict:
+    """Flax params for `fcn_jax.models.AlexNet` from a torchvision-layout state_dict.
+
+    Tensors or numpy arrays are accepted. Missing, unexpected and wrongly shaped
+    entries are all reported in one error.
+    """
+    arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
+    num_classes = arrays["classifier.6.bias"].shape[0] if "classifier.6.bias" in arrays else 1000
+    expected = _expected_shapes(num_classes)
+    problems = [f"missing: {k} (expected shape {s})" for k, s in expected.items() if k not in arrays]
+    problems += [f"unexpected: {k} (shape {arrays[k].shape})" for k in arrays if k not in expected]
+    problems += [
+        f"wrong shape: {k} is {arrays[k].shape}, expected {s}"
+        for k, s in expected.items()
+        if k in arrays and arrays[k].shape != s
+    ]
+    if problems:
+        raise ValueError("state_dict does not match torchvision's AlexNet:\n  " + "\n  ".join(problems))
+    return {
+        layer: {
+            "kernel": _weight_to_kernel(arrays[f"{prefix}.weight"], kind),
+            "bias": arrays[f"{prefix}.bias"],
+        }
+        for prefix, (layer, kind) in TORCH_TO_FLAX.items()
+    }
+
+
+def fcn_from_alexnet(alexnet_params: Mapping, num_classes: int, variant: str, rng: jax.Array, **model_kwargs) -> dict:
+    """FCN params: conv1-5, fc6 and fc7 from AlexNet; score and upsampling layers initialised fresh."""
+    params = flax.core.unfreeze(init_params(FCN(num_classes, variant, **model_kwargs), rng))
+    for layer in TRANSPLANTED:
+        for name, value in alexnet_params[layer].items():
+            value = np.asarray(value, np.float32)
+            if value.shape != params[layer][name].shape:
+                raise ValueError(f"{layer}.{name}: shape {value.shape}, FCN expects {params[layer][name].shape}")
+            params[layer][name] = value
+    return jax.tree.map(np.asarray, params)
+
+
+# -- files -------------------------------------------------------------------------
+
+
+def params_to_bytes(params: Mapping) -> bytes:
+    """Deterministic msgpack bytes (float32 numpy leaves): the checksum is reproducible."""
+    return flax.serialization.msgpack_serialize(jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params)))
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_params(params: Mapping, path: str | os.PathLike) -> str:
+    """Write params atomically and return their sha256 (also written beside as PATH.sha256)."""
+    path = Path(path)
+    data = params_to_bytes(params)
+    digest = checksum(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def load_params(path: str | os.PathLike, sha256: str | None = None) -> dict:
+    """Load params written by `save_params` / `fcn-jax convert`, checking the checksum if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no parameter file at {path}")
+    data = path.read_bytes()
+    if sha256 is not None and checksum(data) != sha256:
+        raise ValueError(f"{path}: sha256 {checksum(data)} does not match the expected {sha256}")
+    try:
+        return flax.serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ValueError(f"{path} is not a parameter file written by fcn-jax convert: {e}") from e
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> dict:
+    """Read a `.pth` file (a state_dict, or a whole pickled model) with torch."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("reading .pth files needs torch: pip install 'fcn_jax[convert]'") from e
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({e})") from e
+    if hasattr(obj, "state_dict"):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state_dict (a mapping of tensors), got {type(obj).__name__}")
+    return dict(obj)

@@ -1,0 +1,203 @@
+"""AlexNet with a convolutionalised classifier, and FCN-32s/16s/8s on top of it.
+
+Both are Flax Linen modules: pure functions of (params, images). Layer names
+are flat (conv1 ... fc7) and shared by the two models, so classifier weights
+transplant into the FCN by key. Window sizes, strides and paddings come from
+`fcn_jax.geometry`, which also derives the FCN's input padding and crops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcn_jax import geometry
+
+Dtype = Any
+
+# Output channels of torchvision's AlexNet.
+CHANNELS = {"conv1": 64, "conv2": 192, "conv3": 384, "conv4": 256, "conv5": 256, "fc6": 4096, "fc7": 4096}
+CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+POOLS = ("pool1", "pool2", "pool5")
+
+
+def _conv(name: str, features: int, dtype: Dtype, **kwargs) -> nn.Conv:
+    w = geometry.ALEXNET_LAYERS[name]
+    return nn.Conv(
+        features,
+        (w.kernel, w.kernel),
+        strides=(w.stride, w.stride),
+        padding=((w.padding, w.padding), (w.padding, w.padding)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+        **kwargs,
+    )
+
+
+def _pool(x: jax.Array, name: str) -> jax.Array:
+    w = geometry.ALEXNET_LAYERS[name]
+    return nn.max_pool(x, (w.kernel, w.kernel), strides=(w.stride, w.stride), padding="VALID")
+
+
+def alexnet_features(x: jax.Array, dtype: Dtype, kernel_init=None) -> dict[str, jax.Array]:
+    """conv1 ... pool5 in the calling module's scope; returns the pooling outputs."""
+    extra = {} if kernel_init is None else {"kernel_init": kernel_init}
+    taps = {}
+    for conv, pool in zip(CONVS, ("pool1", "pool2", None, None, "pool5")):
+        x = nn.relu(_conv(conv, CHANNELS[conv], dtype, **extra)(x))
+        if pool is not None:
+            x = _pool(x, pool)
+            taps[pool] = x
+    return taps
+
+
+class AlexNet(nn.Module):
+    """torchvision's AlexNet as a fully convolutional net.
+
+    On a 224x224 input it returns (N, 1, 1, num_classes), equal to the PyTorch
+    classifier's logits; on a larger input, a coarse score map (stride 32).
+    torchvision's AdaptiveAvgPool2d(6) is the identity at 224x224 and is left out:
+    it is what would tie the classifier to one input size.
+    """
+
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        x = alexnet_features(images.astype(self.dtype), self.dtype)["pool5"]
+        # torchvision order: Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8.
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(_conv("fc6", CHANNELS["fc6"], self.dtype)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(_conv("fc7", CHANNELS["fc7"], self.dtype)(x))
+        x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="fc8")(x)
+        return x.astype(jnp.float32)
+
+
+def bilinear_init(factor: int):
+    """Kernel initialiser: per-class bilinear interpolation, no mixing across classes."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        k = geometry.bilinear_kernel_1d(factor)
+        kh, kw, cin, cout = shape
+        if (kh, kw) != (k.size, k.size) or cin != cout:
+            raise ValueError(f"bilinear kernel needs shape ({k.size}, {k.size}, C, C), got {shape}")
+        return jnp.asarray(np.einsum("i,j,ab->ijab", k, k, np.eye(cin, dtype=np.float32)), dtype)
+
+    return init
+
+
+class Upsample(nn.Module):
+    """Stride-`factor` transposed convolution, initialised to bilinear interpolation.
+
+    Returns only the cells between the first and the last input cell
+    ((n - 1) * factor + 1 of them), where the interpolation has both neighbours;
+    `geometry.Grid.upsampled` describes the same grid. With `trainable=False` the
+    kernel is a constant, not a parameter.
+    """
+
+    factor: int
+    trainable: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        f, channels = self.factor, x.shape[-1]
+        shape = (2 * f - 1, 2 * f - 1, channels, channels)
+        if self.trainable:
+            kernel = self.param("kernel", bilinear_init(f), shape, jnp.float32)
+        else:
+            kernel = bilinear_init(f)(None, shape)
+        # lax.conv_transpose correlates with the kernel; flipping it gives the
+        # scatter form out[f*i + t] += x[i] @ kernel[t], as PyTorch's ConvTranspose2d.
+        y = jax.lax.conv_transpose(
+            x,
+            kernel[::-1, ::-1].astype(self.dtype),
+            (f, f),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        h, w = x.shape[1:3]
+        return y[:, f - 1 : f - 1 + (h - 1) * f + 1, f - 1 : f - 1 + (w - 1) * f + 1]
+
+
+def _crop(x: jax.Array, start_h: int, start_w: int, size_h: int, size_w: int) -> jax.Array:
+    return x[:, start_h : start_h + size_h, start_w : start_w + size_w]
+
+
+class FCN(nn.Module):
+    """FCN-AlexNet (Long, Shelhamer, Darrell): 32s, 16s or 8s.
+
+    `apply({"params": p}, images, train=False)` maps normalised images (N, H, W, 3)
+    of any size to logits (N, H, W, num_classes), pixel-aligned with the input.
+    Score layers start at zero and upsampling at bilinear, as in the paper.
+    """
+
+    num_classes: int
+    variant: str = "32s"
+    dropout_rate: float = 0.5
+    trainable_upsampling: bool = True
+    dtype: Dtype = jnp.float32
+
+    def setup_check(self) -> None:
+        geometry.check_variant(self.variant)
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    def _score(self, name: str) -> nn.Conv:
+        return nn.Conv(
+            self.num_classes,
+            (1, 1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
+
+    def _upsample(self, factor: int, name: str) -> Upsample:
+        return Upsample(factor, trainable=self.trainable_upsampling, dtype=self.dtype, name=name)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        self.setup_check()
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (N, H, W, 3), got shape {images.shape}")
+        n, h, w, _ = images.shape
+        plan = geometry.plan(h, w, self.variant)
+        x = jnp.pad(images.astype(self.dtype), ((0, 0), plan.height.pad, plan.width.pad, (0, 0)))
+
+        taps = alexnet_features(x, self.dtype)
+        for name, value in taps.items():  # for inspection: apply(..., mutable="intermediates")
+            self.sow("intermediates", name, value)
+        x = taps["pool5"]
+        for name in ("fc6", "fc7"):
+            x = nn.relu(_conv(name, CHANNELS[name], self.dtype)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        score = self._score("score_fr")(x)
+
+        stride = 32
+        while stride > geometry.output_stride(self.variant):
+            stride //= 2
+            tap = geometry.SKIP_TAPS[stride]
+            up = self._upsample(2, f"upscore{stride}")(score)
+            skip = self._score(f"score_{tap}")(taps[tap])
+            skip = _crop(skip, plan.height.skip_starts[tap], plan.width.skip_starts[tap], *up.shape[1:3])
+            score = up + skip
+        out = self._upsample(stride, f"upscore_final{stride}")(score)
+        out = _crop(out, plan.height.out_start, plan.width.out_start, h, w)
+        return out.astype(jnp.float32)
+
+
+def init_params(model: nn.Module, rng: jax.Array, size: tuple[int, int] = (64, 64)) -> dict:
+    """Parameters of `model`; their shapes do not depend on the image size."""
+    images = jnp.zeros((1, *size, 3), jnp.float32)
+    return jax.jit(lambda r: model.init(r, images)["params"])(rng)
