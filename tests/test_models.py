@@ -1,0 +1,191 @@
+"""FCN geometry, shapes, alignment, upsampling and gradients."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fcn_jax import geometry
+from fcn_jax.models import FCN, Upsample, init_params
+
+NUM_CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def params():
+    return {v: init_params(FCN(NUM_CLASSES, v), jax.random.key(0)) for v in geometry.VARIANTS}
+
+
+# -- geometry -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", geometry.VARIANTS)
+@pytest.mark.parametrize("length", [1, 2, 33, 97, 224, 360, 361, 479, 480, 1001])
+def test_plan_puts_score_cells_on_both_borders(length, variant):
+    p = geometry.plan_axis(length, variant)
+    score = geometry.trace(length + sum(p.pad), "fc7", offset=Fraction(-p.pad[0]))["fc7"]
+    assert score.offset <= 0 and score.last >= length - 1
+    # Minimal: one pixel less padding after the image loses the last border cell.
+    if p.pad[1] > 0:
+        shorter = geometry.trace(length + sum(p.pad) - 1, "fc7", offset=Fraction(-p.pad[0]))["fc7"]
+        assert shorter.size < 1 or shorter.last < length - 1
+
+
+def test_grid_start_rejects_misaligned_grids():
+    a = geometry.Grid(Fraction(0), Fraction(16), 10)
+    with pytest.raises(ValueError):
+        a.start_of(geometry.Grid(Fraction(8), Fraction(16), 3))
+    assert a.start_of(geometry.Grid(Fraction(32), Fraction(16), 3)) == 2
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(ValueError, match="variant"):
+        geometry.plan(64, 64, "4s")
+
+
+# -- shapes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", geometry.VARIANTS)
+@pytest.mark.parametrize("size", [(33, 97), (64, 64), (100, 37), (361, 479)])
+def test_output_size_equals_input_size(params, variant, size):
+    out = FCN(NUM_CLASSES, variant).apply({"params": params[variant]}, jnp.zeros((2, *size, 3)))
+    assert out.shape == (2, *size, NUM_CLASSES)
+    assert out.dtype == jnp.float32
+
+
+# -- alignment ------------------------------------------------------------------
+
+
+def _mirror_symmetric(tree, key):
+    """Random weights whose spatial kernels are symmetric under flips of both axes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for leaf, k in zip(leaves, keys):
+        w = jax.random.normal(k, leaf.shape) * (0.05 if leaf.ndim == 4 else 0.01)
+        if leaf.ndim == 4:
+            w = (w + w[::-1] + w[:, ::-1] + w[::-1, ::-1]) / 4
+        out.append(w)
+    return jax.tree.unflatten(treedef, out)
+
+
+@pytest.mark.parametrize("variant", geometry.VARIANTS)
+def test_output_pixel_is_aligned_with_input_pixel(variant):
+    """Mirror-symmetric kernels and an image mirror-symmetric about pixel r give an
+    output mirror-symmetric about exactly pixel r; any misalignment by d pixels
+    would move the axis to r - d and break the equality. Only pixels whose
+    receptive field stays clear of the padded input's edges (where convolution
+    padding breaks the symmetry) are compared; r is a multiple of 16 so that it
+    falls on or midway between cells of every feature map."""
+    r = 160
+    size = 2 * r + 1
+    model = FCN(NUM_CLASSES, variant, trainable_upsampling=False)
+    params = _mirror_symmetric(init_params(model, jax.random.key(1)), jax.random.key(2))
+    image = jax.random.normal(jax.random.key(3), (1, size, size, 3))
+    image = image + image[:, ::-1] + image[:, :, ::-1] + image[:, ::-1, ::-1]
+    out = np.asarray(model.apply({"params": params}, image))[0]
+    band = out[r - 60 : r + 61, r - 60 : r + 61]
+    assert np.abs(band).max() > 1e-3  # not trivially symmetric
+    np.testing.assert_allclose(band, band[::-1], atol=1e-5 * np.abs(band).max())
+    np.testing.assert_allclose(band, band[:, ::-1], atol=1e-5 * np.abs(band).max())
+    shifted = out[r - 59 : r + 62, r - 60 : r + 61]  # off by one: not symmetric
+    assert np.abs(shifted - shifted[::-1]).max() > 1e-3 * np.abs(band).max()
+
+
+# -- upsampling -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [2, 8, 32])
+def test_untrained_upsampling_is_bilinear_interpolation(factor):
+    h, w, c = 5, 7, 3
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    coarse = np.stack([np.sin(0.7 * yy + 0.3 * xx + k) for k in range(c)], -1).astype(np.float32)
+    module = Upsample(factor)
+    variables = module.init(jax.random.key(0), coarse[None])
+    fine = np.asarray(module.apply(variables, coarse[None]))[0]
+    fy = np.arange((h - 1) * factor + 1) / factor
+    fx = np.arange((w - 1) * factor + 1) / factor
+    rows = np.stack([[np.interp(fx, np.arange(w), coarse[i, :, k]) for k in range(c)] for i in range(h)])
+    expected = np.stack([[np.interp(fy, np.arange(h), rows[:, k, j]) for j in range(len(fx))] for k in range(c)])
+    np.testing.assert_allclose(fine, expected.transpose(2, 1, 0), atol=1e-5)
+
+
+def test_upsampling_matches_scatter_form_of_transposed_convolution():
+    """out[f*i + t] += x[i] @ K[t], PyTorch's ConvTranspose2d convention."""
+    f = 3
+    x = np.random.default_rng(0).normal(size=(1, 3, 2, 2)).astype(np.float32)
+    kernel = np.random.default_rng(1).normal(size=(2 * f - 1, 2 * f - 1, 2, 2)).astype(np.float32)
+    got = np.asarray(Upsample(f).apply({"params": {"kernel": kernel}}, x))[0]
+    full = np.zeros((2 * f + 2 * f - 1, f + 2 * f - 1, 2), np.float32)
+    for i in range(3):
+        for j in range(2):
+            full[f * i : f * i + 2 * f - 1, f * j : f * j + 2 * f - 1] += np.einsum("c,hwcd->hwd", x[0, i, j], kernel)
+    np.testing.assert_allclose(got, full[f - 1 : f - 1 + 2 * f + 1, f - 1 : f - 1 + f + 1], atol=1e-5)
+
+
+def test_frozen_upsampling_has_no_parameters():
+    p = init_params(FCN(NUM_CLASSES, "8s", trainable_upsampling=False), jax.random.key(0))
+    assert not [k for k in p if k.startswith("upscore")]
+
+
+# -- training-time behaviour -----------------------------------------------------
+
+
+def _loss(model, params, images, labels, rng):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@pytest.mark.parametrize("variant", geometry.VARIANTS)
+def test_gradients_are_finite_and_reach_every_parameter(params, variant):
+    model = FCN(NUM_CLASSES, variant)
+    p = params[variant]
+    images = jax.random.normal(jax.random.key(1), (2, 48, 64, 3))
+    labels = jax.random.randint(jax.random.key(2), (2, 48, 64), 0, NUM_CLASSES)
+    # As in the paper, score layers start at zero, so nothing below them learns at step 0 ...
+    g0 = jax.grad(lambda q: _loss(model, q, images, labels, jax.random.key(3)))(p)
+    assert float(jnp.abs(g0["fc7"]["kernel"]).max()) == 0.0
+    assert float(jnp.abs(g0["score_fr"]["kernel"]).max()) > 0.0
+    # ... and once they are non-zero, gradients reach every parameter.
+    p = jax.tree.map(lambda a: a, p)
+    for name in p:
+        if name.startswith("score_"):
+            p[name] = {"kernel": 0.01 * jax.random.normal(jax.random.key(4), p[name]["kernel"].shape), "bias": p[name]["bias"]}
+    grads = jax.grad(lambda q: _loss(model, q, images, labels, jax.random.key(3)))(p)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert bool(jnp.all(jnp.isfinite(g))), path
+        assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_dropout_acts_only_in_training(params):
+    model, p = FCN(NUM_CLASSES, "32s"), dict(params["32s"])
+    p["score_fr"] = {"kernel": jnp.ones_like(p["score_fr"]["kernel"]), "bias": p["score_fr"]["bias"]}
+    x = jax.random.normal(jax.random.key(0), (1, 40, 40, 3))
+    a = model.apply({"params": p}, x)
+    b = model.apply({"params": p}, x)
+    np.testing.assert_array_equal(a, b)
+    c = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(1)})
+    d = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(c, d)
+    with pytest.raises(Exception):  # train=True needs a dropout rng
+        model.apply({"params": p}, x, train=True)
+
+
+def test_bfloat16_computation_keeps_float32_params(params):
+    p = dict(params["8s"])
+    for name in p:
+        if name.startswith("score_"):
+            p[name] = {"kernel": 0.01 * jnp.ones_like(p[name]["kernel"]), "bias": p[name]["bias"]}
+    x = jax.random.normal(jax.random.key(0), (1, 50, 70, 3))
+    ref = FCN(NUM_CLASSES, "8s").apply({"params": p}, x)
+    low = FCN(NUM_CLASSES, "8s", dtype=jnp.bfloat16).apply({"params": p}, x)
+    assert low.dtype == jnp.float32
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(init_params(FCN(3, "8s", dtype=jnp.bfloat16), jax.random.key(0))))
+    rel = float(jnp.abs(low - ref).max() / jnp.abs(ref).max())
+    assert rel < 5e-2, rel
