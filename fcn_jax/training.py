@@ -1,0 +1,190 @@
+"""The pure core of training: optimizer, loss, train step, eval step.
+
+Nothing here does IO. `train_step(state, batch) -> (state, metrics)` and
+`eval_step(params, batch) -> confusion` are plain functions of arrays; the loop in
+`fcn_jax.train` jits them once over a device mesh (batch sharded on "data",
+everything else replicated), which is what `pmap` + `pmean` used to do.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # optimizer micro-steps taken (one per batch)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key; dropout at step s uses fold_in(rng, s)
+
+
+# -- optimizer ------------------------------------------------------------------
+
+
+def make_schedule(cfg: Mapping) -> optax.Schedule:
+    """`cfg`: learning_rate, schedule ('constant' | 'poly' | 'cosine'), warmup_steps,
+    decay_steps (optimizer updates after warmup), poly_power."""
+    lr, warmup = float(cfg["learning_rate"]), int(cfg.get("warmup_steps", 0))
+    decay = max(int(cfg["decay_steps"]) - warmup, 1)
+    name = cfg.get("schedule", "poly")
+    if name == "constant":
+        main = optax.constant_schedule(lr)
+    elif name == "poly":  # (1 - t/T)^0.9, as torchvision's segmentation references
+        main = optax.polynomial_schedule(lr, 0.0, float(cfg.get("poly_power", 0.9)), decay)
+    elif name == "cosine":
+        main = optax.cosine_decay_schedule(lr, decay)
+    else:
+        raise ValueError(f"optimizer.schedule must be constant, poly or cosine, got {name!r}")
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def _is_bias(path: tuple, _) -> str:
+    return "bias" if getattr(path[-1], "key", None) == "bias" else "weight"
+
+
+def make_optimizer(cfg: Mapping) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD with momentum (the FCN recipe) or AdamW. Biases get `bias_lr_mult` x the
+    learning rate and no weight decay, as in the Caffe solvers; `accumulate_steps`
+    > 1 averages gradients over that many batches (optax.MultiSteps)."""
+    schedule = make_schedule(cfg)
+    wd, mult = float(cfg.get("weight_decay", 0.0)), float(cfg.get("bias_lr_mult", 1.0))
+
+    def build(scale: float, decay: float) -> optax.GradientTransformation:
+        sched = (lambda s: scale * schedule(s)) if scale != 1.0 else schedule
+        name = cfg.get("name", "sgd")
+        if name == "sgd":
+            parts = [optax.add_decayed_weights(decay)] if decay else []
+            return optax.chain(*parts, optax.sgd(sched, momentum=float(cfg.get("momentum", 0.9))))
+        if name == "adamw":
+            return optax.adamw(sched, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)), weight_decay=decay)
+        raise ValueError(f"optimizer.name must be sgd or adamw, got {name!r}")
+
+    tx = optax.multi_transform(
+        {"weight": build(1.0, wd), "bias": build(mult, 0.0)},
+        lambda params: jax.tree_util.tree_map_with_path(_is_bias, params),
+    )
+    if cfg.get("clip_grad_norm"):
+        tx = optax.chain(optax.clip_by_global_norm(float(cfg["clip_grad_norm"])), tx)
+    k = int(cfg.get("accumulate_steps", 1))
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k)
+    return tx, schedule
+
+
+# -- loss -----------------------------------------------------------------------
+
+
+def pixel_loss(logits: jax.Array, labels: jax.Array, ignore_index: int, class_weights: jax.Array | None = None) -> jax.Array:
+    """Per-pixel softmax cross-entropy, averaged over labelled pixels.
+
+    Pixels labelled `ignore_index` (or any value outside 0..C-1) count for nothing.
+    With class weights the mean is weighted (sum w*ce / sum w), as PyTorch's
+    CrossEntropyLoss(weight=...) does, so the learning rate does not depend on
+    how many pixels an image has.
+    """
+    num_classes = logits.shape[-1]
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    safe = jnp.where(valid, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    w = valid.astype(jnp.float32)
+    if class_weights is not None:
+        w = w * jnp.asarray(class_weights, jnp.float32)[safe]
+    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-6)
+
+
+# -- steps ----------------------------------------------------------------------
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, params: Any | None = None, sample_shape=(1, 64, 64, 3)) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    if params is None:
+        params = model.init(init_rng, jnp.zeros(sample_shape, jnp.float32))["params"]
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), flax.core.unfreeze(params))
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), state_rng)
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    ignore_index: int,
+    class_weights: jax.Array | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+        return pixel_loss(logits, batch["label"], ignore_index, class_weights)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def predict_logits(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
+    return model.apply({"params": params}, images, train=False)
+
+
+def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, mask: jax.Array | None = None) -> jax.Array:
+    """(C, C) counts, rows = truth, columns = prediction; unlabelled pixels dropped."""
+    valid = (labels >= 0) & (labels < num_classes)
+    if mask is not None:
+        valid = valid & mask
+    index = jnp.where(valid, labels * num_classes + preds, num_classes * num_classes)
+    counts = jnp.bincount(index.ravel(), length=num_classes * num_classes + 1)
+    return counts[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def eval_step(params: Any, batch: Mapping[str, jax.Array], *, model: nn.Module, ignore_index: int) -> jax.Array:
+    """Confusion matrix of one (global) batch; `batch["valid"]` masks padded examples."""
+    logits = predict_logits(params, batch["image"], model=model)
+    preds = jnp.argmax(logits, axis=-1)
+    mask = batch["label"] != ignore_index
+    if "valid" in batch:
+        mask = mask & batch["valid"][:, None, None]
+    return confusion_matrix(batch["label"], preds, logits.shape[-1], mask)
+
+
+# -- compiled over a mesh ---------------------------------------------------------
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over all devices (of all processes): pure data parallelism."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(devices, (DATA_AXIS,))
+
+
+def compile_steps(mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation, ignore_index: int, class_weights=None) -> tuple[Callable, Callable]:
+    """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated."""
+    replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+    train = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, ignore_index=ignore_index, class_weights=cw),
+        in_shardings=(replicated, batched),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        functools.partial(eval_step, model=model, ignore_index=ignore_index),
+        in_shardings=(replicated, batched),
+        out_shardings=replicated,
+    )
+    return train, evaluate
