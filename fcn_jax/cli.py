@@ -41,8 +41,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
-    return int(_module(args.command).run(args) or 0)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    module = _module(args.command)
+    # Commands that take `--config.key=value` overrides receive the leftovers.
+    if extra and not getattr(module, "ACCEPTS_OVERRIDES", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":
