@@ -1,0 +1,140 @@
+"""Input pipeline vs train step throughput on CamVid at 360x480.
+
+    python benchmarks/input_pipeline.py                   # prepares CamVid into a temp dir
+    python benchmarks/input_pipeline.py --data DIR        # an already prepared dataset
+
+Prints the training pipeline's images/s (decode, random scale 0.75-1.25, random 360x480
+crop, flip, normalise, batch), the train step's images/s and their ratio; the pipeline
+should deliver at least 3x what the step consumes. The two are timed one after the other,
+each with the whole machine: in a real run they share the CPU cores.
+
+Train step: until fcn_jax.training exposes one, a jitted forward + backward + SGD-momentum
+update of FCN(num_classes=11, variant="8s") with per-pixel softmax cross entropy (void
+ignored), on one pipeline batch kept on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def time_pipeline(data_dir, batch: int, steps: int, warmup: int, threads: int | None) -> float:
+    from fcn_jax import data
+
+    loader = data.TrainLoader(data_dir, global_batch_size=batch, crop_size=(360, 480),
+                              scale_range=(0.75, 1.25), flip=True, seed=0, num_threads=threads)
+    for _ in range(warmup):
+        next(loader)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(loader)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def make_train_step(num_classes: int, ignore_index: int):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from fcn_jax.models import FCN
+
+    model = FCN(num_classes=num_classes, variant="8s")
+    tx = optax.sgd(1e-4, momentum=0.9)
+
+    def loss_fn(params, images, labels, rng):
+        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+        valid = labels != ignore_index
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+        return jnp.sum(ce * valid) / jnp.maximum(valid.sum(), 1)
+
+    @jax.jit
+    def step(params, opt_state, images, labels, rng):
+        rng, sub = jax.random.split(rng)
+        loss, grads = jax.value_and_grad(loss_fn)(params, images, labels, sub)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, rng
+
+    def init(images):
+        params = model.init(jax.random.key(0), images[:1])["params"]
+        return params, tx.init(params)
+
+    return step, init
+
+
+def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
+    import jax
+
+    from fcn_jax import data
+
+    meta = data.load_meta(data_dir)
+    loader = data.TrainLoader(data_dir, global_batch_size=batch, crop_size=(360, 480), seed=0)
+    b = next(loader)
+    images, labels = jax.device_put(b["image"]), jax.device_put(b["label"])
+    step, init = make_train_step(meta.num_classes, meta.ignore_index)
+    params, opt_state = init(images)
+    rng = jax.random.key(1)
+    for _ in range(warmup):  # compile
+        params, opt_state, loss, rng = step(params, opt_state, images, labels, rng)
+    jax.block_until_ready(loss)
+    start = time.perf_counter()
+    for _ in range(steps):
+        params, opt_state, loss, rng = step(params, opt_state, images, labels, rng)
+    jax.block_until_ready(loss)
+    if not np.isfinite(float(loss)):
+        raise RuntimeError(f"non-finite loss {float(loss)}")
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="prepared dataset dir (default: prepare CamVid to a temp dir)")
+    p.add_argument("--source", default=None, help="CamVid folder to prepare (default: fcn_jax's default)")
+    p.add_argument("--batch", type=int, default=8, help="pipeline batch size")
+    p.add_argument("--steps", type=int, default=40, help="pipeline batches to time")
+    p.add_argument("--threads", type=int, default=None, help="pipeline threads (default min(16, cores))")
+    p.add_argument("--train-batch", type=int, default=None, help="train step batch (default --batch)")
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--skip-train", action="store_true")
+    args = p.parse_args(argv)
+
+    from fcn_jax import data
+
+    tmp = None
+    data_dir = args.data
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fcn_jax_bench_")
+        t = time.perf_counter()
+        data_dir = data.prepare_camvid(args.source, tmp.name, progress=False)
+        print(f"prepared CamVid in {time.perf_counter() - t:.1f} s -> {data_dir}")
+    try:
+        meta = data.load_meta(data_dir)
+        print(f"dataset {meta.name}: {meta.splits}; {os.cpu_count()} CPU cores")
+        pipe = time_pipeline(data_dir, args.batch, args.steps, warmup=2, threads=args.threads)
+        print(f"input pipeline : {pipe:8.1f} images/s  (batch {args.batch}, 360x480 crops, scale+flip)")
+        if args.skip_train:
+            return 0
+        import jax
+
+        tb = args.train_batch or args.batch
+        train = time_train_step(data_dir, tb, args.train_steps, warmup=2)
+        dev = jax.devices()[0]
+        print(f"train step     : {train:8.1f} images/s  (FCN-8s AlexNet, batch {tb}, "
+              f"{dev.platform}: {dev.device_kind})")
+        ratio = pipe / train
+        print(f"ratio pipeline/train step: {ratio:.1f}x  (target >= 3x: {'OK' if ratio >= 3 else 'BELOW'})")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
