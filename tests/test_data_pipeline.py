@@ -192,3 +192,15 @@ def test_to_global_on_a_mesh_of_four_cpu_devices(camvid_out):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_cache_and_uint8_output_give_the_same_batches(camvid_out):
+    import jax.numpy as jnp
+
+    ref = take(loader(camvid_out, seed=2, global_batch_size=2), 4)  # 4 > 3 steps: epoch 2 hits the cache
+    fast = take(loader(camvid_out, seed=2, global_batch_size=2, cache=True, normalize=False), 4)
+    for r, f in zip(ref, fast):
+        assert f["image"].dtype == np.uint8
+        np.testing.assert_array_equal(r["label"], f["label"])
+        np.testing.assert_allclose(np.asarray(data.normalize_jax(jnp.asarray(f["image"]))), r["image"],
+                                   rtol=1e-6, atol=1e-6)

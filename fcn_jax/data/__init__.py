@@ -14,13 +14,13 @@ from fcn_jax.data.folder import prepare_folder
 from fcn_jax.data.meta import DatasetMeta, default_palette, load_index, load_meta, resolve_dataset_dir
 from fcn_jax.data.pipeline import TrainLoader, eval_batches, open_source, to_global
 from fcn_jax.data.stats import class_counts, class_stats, class_weights, median_frequency_weights
-from fcn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from fcn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, normalize_jax
 
 __all__ = [
     "CATALOG", "DataError", "DatasetMeta", "IMAGENET_MEAN", "IMAGENET_STD", "TrainLoader",
     "class_counts", "class_stats", "class_weights", "cityscapes_ids_to_train_ids",
     "default_palette", "denormalize", "download_camvid", "eval_batches", "load_index",
-    "load_meta", "median_frequency_weights", "normalize", "open_source",
+    "load_meta", "median_frequency_weights", "normalize", "normalize_jax", "open_source",
     "pet_trimap_to_classes", "prepare_camvid", "prepare_folder", "prepare_tfds",
     "resolve_dataset_dir", "to_global",
 ]
