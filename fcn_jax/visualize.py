@@ -61,9 +61,18 @@ def overlay(image, labels, palette, alpha: float = 0.5, ignore_index: int | None
 
 
 def _text_image(text: str, width: int, height: int, size: int = 14) -> np.ndarray:
+    """Black text on white, vertically centred on its ink box."""
+    font = _font(size)
     im = Image.new("RGB", (max(width, 1), height), BACKGROUND)
-    ImageDraw.Draw(im).text((2, (height - size) // 2), text, fill=TEXT, font=_font(size))
+    draw = ImageDraw.Draw(im)
+    top, bottom = draw.textbbox((0, 0), text or " ", font=font)[1::2]
+    draw.text((2, (height - (bottom + top)) // 2), text, fill=TEXT, font=font)
     return np.asarray(im)
+
+
+def _text_width(text: str, size: int = 14) -> int:
+    font = _font(size)
+    return int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 6
 
 
 def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -126,16 +135,18 @@ def prediction_grid(images_uint8, labels, preds, palette, ignore_index: int | No
 
 
 def legend(class_names: Sequence[str], palette, swatch: int = 16, columns: int = 1) -> np.ndarray:
-    """Colour swatches with class names, as a uint8 image."""
+    """Colour swatches with class names, as a uint8 image (`columns` columns)."""
     palette = np.asarray(palette, np.uint8).reshape(-1, 3)
+    row_h = swatch + 6
     cells = []
     for name, color in zip(class_names, palette):
-        sw = np.empty((swatch, swatch, 3), np.uint8)
-        sw[...] = color
-        sw[[0, -1], :] = 0
-        sw[:, [0, -1]] = 0
-        text = _text_image(str(name), 8 * len(str(name)) + 8, swatch)
-        cells.append(np.concatenate([sw, np.full((swatch, 4, 3), BACKGROUND, np.uint8), text], axis=1))
+        sw = np.full((row_h, swatch, 3), BACKGROUND, np.uint8)
+        top = (row_h - swatch) // 2
+        sw[top : top + swatch] = color
+        sw[[top, top + swatch - 1], :] = 0
+        sw[top : top + swatch, [0, -1]] = 0
+        text = _text_image(str(name), _text_width(str(name)), row_h)
+        cells.append(np.concatenate([sw, np.full((row_h, 4, 3), BACKGROUND, np.uint8), text], axis=1))
     per_col = -(-len(cells) // columns)
     grid = [cells[i::per_col] for i in range(per_col)]
     return tile(grid, gap=2)

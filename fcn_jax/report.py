@@ -1,0 +1,288 @@
+"""A visual report of a run directory: curves, confusion matrix, predictions, a markdown summary.
+
+`make_report(workdir)` (or `fcn-jax report --workdir runs/x`) writes into workdir/report/:
+    loss.png, learning_rate.png, val_metrics.png   curves from metrics.jsonl
+    confusion_<split>.png                          row-normalised confusion matrix
+    predictions_<split>.png, legend.png            image | ground truth | prediction
+    README.md                                      links them; the last val metrics as tables
+Sources: curves and the "last val metrics" come from metrics.jsonl (the training loop's log;
+its evaluation records carry the confusion matrix). The confusion matrix comes from
+eval_<split>.json (written by `fcn-jax eval`, the checkpoint the pictures use) when present,
+else from the last evaluation in metrics.jsonl; `evaluate=True` (--evaluate) recomputes it.
+Parts whose inputs are missing are skipped, and README.md says why.
+Plots use matplotlib's object API with the Agg canvas (no display, no global backend state).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fcn_jax.metrics import SUMMARY_KEYS, SegmentationMetrics, format_table
+
+LABELS = {"miou": "mean IoU", "pixel_accuracy": "pixel accuracy",
+          "mean_class_accuracy": "mean class accuracy", "fw_iou": "frequency-weighted IoU"}
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def read_metrics(path) -> list[dict]:
+    """Records of a metrics.jsonl; unreadable lines are skipped with a warning."""
+    path = Path(path)
+    records = []
+    if not path.is_file():
+        return records
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            warnings.warn(f"{path}:{n}: skipping a line that is not JSON ({e})")
+            continue
+        if isinstance(rec, dict) and "step" in rec and "split" in rec:
+            records.append(rec)
+    return records
+
+
+def series(records: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r["step"], r[key]) for r in records
+           if r.get("split") == split and isinstance(r.get(key), (int, float)) and r[key] is not None]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*sorted(pts))
+    return np.asarray(steps, float), np.asarray(values, float)
+
+
+# -- plots ------------------------------------------------------------------------------------
+
+
+def _figure(width: float = 6.4, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def plot_curve(records, split: str, keys: list[str], path: Path, title: str, ylabel: str,
+               log_y: bool = False, percent: bool = False) -> bool:
+    """One PNG with `keys` of `split` over steps; False if there is nothing to plot."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    drawn = False
+    for key in keys:
+        x, y = series(records, split, key)
+        if x.size == 0:
+            continue
+        y = 100 * y if percent else y
+        ax.plot(x, y, marker="o" if x.size < 30 else None, markersize=3, label=LABELS.get(key, key))
+        drawn = True
+    if not drawn:
+        return False
+    if log_y:
+        ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if len(keys) > 1:
+        ax.legend()
+    fig.savefig(path)
+    return True
+
+
+def plot_confusion(confusion, class_names: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (each row: where the pixels of that true class went)."""
+    hist = np.asarray(confusion, np.float64)
+    rows = hist.sum(1, keepdims=True)
+    norm = np.divide(hist, rows, out=np.zeros_like(hist), where=rows > 0)
+    c = len(class_names)
+    size = max(5.0, 0.55 * c + 2.5)
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(c), class_names, rotation=45, ha="right")
+    ylabels = [f"{n} (none)" if rows[i, 0] == 0 else n for i, n in enumerate(class_names)]
+    ax.set_yticks(range(c), ylabels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if c <= 30:
+        for i in range(c):
+            for j in range(c):
+                if norm[i, j] >= 0.005:
+                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
+    fig.savefig(path)
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _metrics_tables(rec: dict) -> list[str]:
+    lines = ["| metric | % |", "|---|---|"]
+    lines += [f"| {LABELS[k]} | {_pct(rec.get(k))} |" for k in SUMMARY_KEYS if k in rec]
+    iou, acc = rec.get("per_class_iou") or {}, rec.get("per_class_accuracy") or {}
+    if iou:
+        lines += ["", "| class | IoU % | accuracy % |", "|---|---|---|"]
+        lines += [f"| {n} | {_pct(v)} | {_pct(acc.get(n))} |" for n, v in iou.items()]
+    if rec.get("excluded_classes"):
+        lines += ["", "Left out of the means (absent from truth and prediction): "
+                  + ", ".join(rec["excluded_classes"])]
+    return lines
+
+
+def _read_images(data_dir, split: str, count: int):
+    from fcn_jax import data
+
+    source = data.open_source(data_dir, split)
+    out = []
+    for i in range(min(count, len(source))):
+        ex = source[i]
+        name = ex["file_name"]
+        out.append((name.decode() if isinstance(name, bytes) else str(name),
+                    np.asarray(ex["image"]), np.asarray(ex["label"])[..., 0]))
+    return out
+
+
+def make_report(workdir, split: str = "val", num_images: int = 4, data_dir=None,
+                evaluate: bool = False, batch_size: int = 2, progress: bool = True) -> Path:
+    """Write workdir/report/ (see the module doc); returns the README path."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"{workdir}: run directory does not exist")
+    out = workdir / "report"
+    out.mkdir(exist_ok=True)
+    config = _load_json(workdir / "config.json") or {}
+    dataset = _load_json(workdir / "dataset.json")
+    data_dir = data_dir or (config.get("data") or {}).get("data_dir") or None
+    records = read_metrics(workdir / "metrics.jsonl")
+    notes: list[str] = []
+    sections: list[str] = []
+
+    # curves
+    curves = []
+    for name, split_, keys, title, ylabel, log_y, pct in (
+            ("loss.png", "train", ["loss"], "training loss", "loss", False, False),
+            ("learning_rate.png", "train", ["learning_rate"], "learning rate", "learning rate", False, False),
+            ("val_metrics.png", split, ["miou", "pixel_accuracy", "mean_class_accuracy"],
+             f"{split} metrics", "%", False, True)):
+        if plot_curve(records, split_, keys, out / name, title, ylabel, log_y, pct):
+            curves.append(name)
+    if curves:
+        sections += ["## Curves", "", *[f"![{c[:-4]}]({c})" for c in curves], ""]
+    else:
+        notes.append(f"no curves: {workdir / 'metrics.jsonl'} is missing or has no train/{split} records")
+
+    # last val metrics (from the training log)
+    evals = [r for r in records if r.get("split") == split and "miou" in r]
+    last = evals[-1] if evals else None
+    if last:
+        sections += [f"## Last {split} metrics (training log, step {last['step']})", "",
+                     *_metrics_tables(last), ""]
+
+    # confusion matrix
+    eval_file = workdir / f"eval_{split}.json"
+    conf_rec, conf_src = None, None
+    if evaluate:
+        try:
+            conf_rec = _evaluate(workdir, data_dir, split, batch_size, progress)
+            eval_file.write_text(json.dumps(conf_rec, indent=2, allow_nan=False) + "\n")
+            conf_src = f"fresh evaluation of {conf_rec['checkpoint']} (also written to {eval_file.name})"
+        except Exception as e:  # report what we can
+            notes.append(f"evaluation failed: {type(e).__name__}: {e}")
+    if conf_rec is None and eval_file.is_file():
+        conf_rec = _load_json(eval_file)
+        conf_src = f"{eval_file.name} (checkpoint {conf_rec.get('checkpoint', '?')})"
+    if conf_rec is None and last and last.get("confusion"):
+        conf_rec, conf_src = last, f"training log, step {last['step']}"
+    if conf_rec is not None and conf_rec.get("confusion"):
+        names = list(conf_rec.get("per_class_iou") or (dataset or {}).get("class_names") or [])
+        if len(names) != len(conf_rec["confusion"]):
+            names = [str(i) for i in range(len(conf_rec["confusion"]))]
+        png = f"confusion_{split}.png"
+        plot_confusion(conf_rec["confusion"], names, out / png, f"{split}: confusion (rows sum to 100 %)")
+        sections += [f"## Confusion matrix ({conf_src})", "", f"![confusion]({png})", ""]
+        if conf_rec is not last:
+            sections += ["```", format_table(SegmentationMetrics.from_dict(conf_rec)), "```", ""]
+    else:
+        notes.append(f"no confusion matrix: no {eval_file.name}, no confusion in the training log "
+                     f"(run `fcn-jax eval --workdir {workdir} --split {split}` or pass --evaluate)")
+
+    # predictions
+    if num_images > 0:
+        try:
+            png = _draw_predictions(workdir, data_dir, split, num_images, out)
+            sections += [f"## Predictions on the first {num_images} {split} images", "",
+                         f"![predictions]({png})", "", "![legend](legend.png)", ""]
+        except Exception as e:
+            notes.append(f"no prediction grid: {type(e).__name__}: {e}")
+
+    model = config.get("model") or {}
+    head = [f"# Report: {workdir.name}", "",
+            f"- run directory: `{workdir.absolute()}`",
+            f"- model: FCN-{model.get('variant', '?')}, {model.get('num_classes', '?')} classes, "
+            f"dtype {model.get('dtype', '?')}",
+            f"- dataset: {(dataset or {}).get('name', '?')} (`{data_dir or '?'}`)"]
+    train = [r for r in records if r.get("split") == "train"]
+    if train:
+        t = train[-1]
+        head.append(f"- last logged training step: {t['step']} (loss {t.get('loss', float('nan')):.4f}"
+                    + (f", {t['images_per_s']:.1f} images/s" if "images_per_s" in t else "") + ")")
+    text = head + [""] + sections
+    if notes:
+        text += ["## Skipped", "", *[f"- {n}" for n in notes], ""]
+    readme = out / "README.md"
+    readme.write_text("\n".join(text))
+    return readme
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _evaluate(workdir: Path, data_dir, split: str, batch_size: int, progress: bool) -> dict:
+    from fcn_jax import checkpoints, evaluate
+
+    if not data_dir:
+        raise FileNotFoundError("no dataset: config.json names no data.data_dir; pass --data-dir")
+    model, params, _ = checkpoints.load_inference(workdir)
+    result = evaluate.evaluate(model, params, data_dir, split, batch_size, progress=progress)
+    return {"checkpoint": str(workdir.absolute()), "split": split, "data_dir": str(data_dir),
+            **result.to_dict()}
+
+
+def _draw_predictions(workdir: Path, data_dir, split: str, count: int, out: Path) -> str:
+    from PIL import Image
+
+    from fcn_jax import visualize
+    from fcn_jax.evaluate import check_split
+    from fcn_jax.predict import Segmenter
+
+    if not data_dir:
+        raise FileNotFoundError("config.json names no data.data_dir; pass --data-dir")
+    meta = check_split(data_dir, split)
+    examples = _read_images(data_dir, split, count)
+    seg = Segmenter.from_checkpoint(workdir, batch_size=min(count, 4))
+    preds = seg.predict([im for _, im, _ in examples])
+    grid = visualize.prediction_grid([im for _, im, _ in examples], [lab for _, _, lab in examples],
+                                     preds, meta.palette, meta.ignore_index)
+    png = f"predictions_{split}.png"
+    Image.fromarray(grid).save(out / png)
+    Image.fromarray(visualize.legend(meta.class_names, meta.palette, columns=2)).save(out / "legend.png")
+    return png
