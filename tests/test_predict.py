@@ -108,9 +108,15 @@ def seg(model, params):
 
 @pytest.fixture(scope="module")
 def reference(model, params):
-    """Per-image softmax(model.apply) at the image's exact size (no buckets)."""
+    """Per-image softmax(model.apply) at the image's exact size (no buckets); uint8 images
+    are normalised, float32 ones are taken as normalised already."""
     fn = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x), -1))
-    return lambda image: np.asarray(fn(params, normalize(image)[None]))[0]
+
+    def probs(image):
+        x = image if image.dtype == np.float32 else normalize(image)
+        return np.asarray(fn(params, x[None]))[0]
+
+    return probs
 
 
 # -- buckets --------------------------------------------------------------------------------
@@ -144,9 +150,9 @@ def test_two_sizes_in_one_bucket_compile_once_and_match_the_model_exactly(seg, c
     assert len(np.unique(pa.argmax(-1))) > 1  # the predictions are not trivially constant
     # Control: padding to a naive multiple-of-32 bucket (64x96 -> 96x128) changes the output,
     # which is why the buckets are the model's own padding classes.
-    x = np.zeros((1, 96, 128, 3), np.float32)
-    x[0, :64, :96] = normalize(a)
-    naive = np.asarray(jax.nn.softmax(seg.model.apply({"params": seg.params}, x), -1))[0, :64, :96]
+    x = np.zeros((96, 128, 3), np.float32)
+    x[:64, :96] = normalize(a)
+    naive = reference(x)[:64, :96]
     assert np.abs(naive - pa).max() > 1e-4
 
 
@@ -206,8 +212,15 @@ def test_from_checkpoint_matches_in_memory(run_dir, seg, crops):
     np.testing.assert_array_equal(loaded.predict(crops[0][1]), seg.predict(crops[0][1]))
 
 
-def test_cli_predict_writes_outputs_and_reports_bad_files(run_dir, seg, crops, tmp_path, capsys):
+def test_cli_predict_writes_outputs_and_reports_bad_files(run_dir, seg, crops, tmp_path, capsys, monkeypatch):
     from fcn_jax import cli
+
+    # Loading is tested above; here the command reuses the compiled in-memory segmenter.
+    def from_checkpoint(path, **kwargs):
+        assert Path(path) == run_dir and kwargs == {"batch_size": 4, "flip": False}
+        return seg
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", staticmethod(from_checkpoint))
 
     src = tmp_path / "in"
     src.mkdir()
