@@ -138,8 +138,15 @@ def load_params(path: str | Path) -> tuple[dict, dict, int]:
     """(params, run config dict, step) from a run directory (best, else latest) or a step directory."""
     run_dir, manager_dir, step = _resolve_step_dir(Path(path).absolute())
     config = json.loads((run_dir / "config.json").read_text())
-    with ocp.CheckpointManager(manager_dir, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
-        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(manager_dir, options=options, item_handlers=handlers) as mgr:
+        # Restore onto this process's first device, whatever topology saved it.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), mgr.item_metadata(step)["state"]
+        )
+        restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     state = restored.state
     params = state["params"] if isinstance(state, dict) else state.params
     return jax.tree.map(lambda a: a, params), config, step

@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.scale_range = (0.75, 1.25)  # random rescale before the crop; None: no rescale
     c.data.flip = True
     c.data.num_threads = 0  # 0: automatic
+    c.data.cache = False  # keep decoded training images in memory (CamVid: ~250 MB); for fast accelerators
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = "8s"

@@ -193,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         flip=config.data.flip,
         seed=config.seed,
         num_threads=config.data.num_threads or None,
+        cache=config.data.cache,
+        normalize=False,  # uint8 to the device, normalised inside the jitted step
     )
 
     rng = jax.random.PRNGKey(config.seed)
