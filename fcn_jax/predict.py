@@ -30,7 +30,11 @@ geometry and verifies the padding plan, so a change of backbone cannot silently 
 Batches are padded with blank images up to a power of two (at most `batch_size`), so a call
 compiles at most once per (bucket, batch size) pair; `num_traces` counts the compilations.
 
-Normalisation is `fcn_jax.data.normalize` (the only place it is defined), applied on the host.
+Images cross to the device as uint8; normalisation happens there through a 256-entry table
+computed by `fcn_jax.data.normalize` (the only place it is defined), so it equals the host
+function bit for bit. `predict` takes the arg-max on the device and brings back int32 ids
+only; `predict_proba` and flip TTA bring back probabilities (C floats per pixel) and are
+host-bound on a fast GPU.
 """
 
 from __future__ import annotations
@@ -123,8 +127,11 @@ class Segmenter:
         self.batch_size, self.flip = int(batch_size), bool(flip)
         self.device = device or jax.devices()[0]
         self.params = jax.device_put(params, self.device)
-        self.num_traces = 0  # compilations of the forward pass (one per bucket and batch size)
-        self._forward = jax.jit(self._probabilities)
+        self.num_traces = 0  # compilations of the forward pass (one per bucket, batch size, output)
+        from fcn_jax.export import normalization_table
+
+        self._table = normalization_table()  # data.normalize of every uint8 value
+        self._forward = jax.jit(self._forward_fn, static_argnames="output")
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> "Segmenter":
@@ -144,10 +151,23 @@ class Segmenter:
             return list(self.meta.class_names)
         return [str(i) for i in range(self.num_classes)]
 
-    def _probabilities(self, params, images):
+    def _forward_fn(self, params, images, sizes, output: str):
+        """uint8 (B, Hb, Wb, 3) bucket batch, true (h, w) per image -> labels or probabilities.
+
+        Normalises on the device (a table lookup equal to `data.normalize`, so uint8 crosses
+        to the device, not float32) and sets everything outside each image to 0, the value
+        the model pads with. `output="labels"` takes the arg-max on the device too.
+        """
         self.num_traces += 1  # runs once per trace, i.e. per compiled shape
-        logits = self.model.apply({"params": params}, images, train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        x = jnp.asarray(self._table)[images.astype(jnp.int32), jnp.arange(3)]
+        hb, wb = images.shape[1:3]
+        inside = ((jnp.arange(hb)[None, :, None] < sizes[:, 0, None, None])
+                  & (jnp.arange(wb)[None, None, :] < sizes[:, 1, None, None]))
+        x = jnp.where(inside[..., None], x, 0.0)
+        logits = self.model.apply({"params": params}, x, train=False).astype(jnp.float32)
+        if output == "labels":
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return jax.nn.softmax(logits, axis=-1)
 
     def bucket(self, height: int, width: int) -> tuple[int, int]:
         return bucket_shape(height, width, self.model.variant)
@@ -158,14 +178,18 @@ class Segmenter:
         """(H, W, 3) uint8 -> (H, W, C) float32 probabilities; a list -> a list;
         an (N, H, W, 3) array -> (N, H, W, C)."""
         single, batch = self._unpack(images)
-        out = self._run(batch, self.flip if flip is None else flip)
+        out = self._run(batch, self.flip if flip is None else flip, "probs")
         return self._pack(out, single, images)
 
     def predict(self, images, *, flip: bool | None = None):
         """(H, W, 3) uint8 -> (H, W) int32 class ids; a list -> a list;
         an (N, H, W, 3) array -> (N, H, W)."""
         single, batch = self._unpack(images)
-        out = [p.argmax(-1).astype(np.int32) for p in self._run(batch, self.flip if flip is None else flip)]
+        flip = self.flip if flip is None else flip
+        if flip:  # average probabilities on the host, then arg-max
+            out = [p.argmax(-1).astype(np.int32) for p in self._run(batch, True, "probs")]
+        else:
+            out = self._run(batch, False, "labels")
         return self._pack(out, single, images)
 
     # -- internals ----------------------------------------------------------------------
@@ -186,9 +210,7 @@ class Segmenter:
             return np.stack(out)
         return out
 
-    def _run(self, images: Sequence[np.ndarray], flip: bool) -> list[np.ndarray]:
-        from fcn_jax.data import normalize
-
+    def _run(self, images: Sequence[np.ndarray], flip: bool, output: str) -> list[np.ndarray]:
         jobs = [(i, False, im) for i, im in enumerate(images)]
         if flip:
             jobs += [(i, True, im[:, ::-1]) for i, im in enumerate(images)]
@@ -200,17 +222,20 @@ class Segmenter:
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start : start + self.batch_size]
                 n = _pow2_at_most(len(chunk), self.batch_size)
-                x = np.zeros((n, bh, bw, 3), np.float32)  # 0 = what the model pads with
+                x = np.zeros((n, bh, bw, 3), np.uint8)
+                sizes = np.zeros((n, 2), np.int32)  # (0, 0): a blank batch-filler
                 for k, (_, _, im) in enumerate(chunk):
-                    x[k, : im.shape[0], : im.shape[1]] = normalize(im)
-                probs = np.asarray(self._forward(self.params, jax.device_put(x, self.device)))
+                    x[k, : im.shape[0], : im.shape[1]] = im
+                    sizes[k] = im.shape[:2]
+                y = np.asarray(self._forward(self.params, jax.device_put(x, self.device),
+                                             jax.device_put(sizes, self.device), output=output))
                 for k, (i, flipped, im) in enumerate(chunk):
-                    p = probs[k, : im.shape[0], : im.shape[1]]
+                    p = y[k, : im.shape[0], : im.shape[1]]
                     results[(i, flipped)] = p[:, ::-1] if flipped else p
         out = []
         for i in range(len(images)):
             p = results[(i, False)]
             if flip:
                 p = 0.5 * (p + results[(i, True)])
-            out.append(np.ascontiguousarray(p, dtype=np.float32))
+            out.append(np.ascontiguousarray(p))
         return out
