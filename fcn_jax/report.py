@@ -3,7 +3,8 @@
 `make_report(workdir)` (or `fcn-jax report --workdir runs/x`) writes into workdir/report/:
     loss.png, learning_rate.png, val_metrics.png   curves from metrics.jsonl
     confusion_<split>.png                          row-normalised confusion matrix
-    predictions_<split>.png, legend.png            image | ground truth | prediction
+    predictions_<split>.png, legend.png            image | ground truth | prediction (a few
+                                                   images spread over the split)
     README.md                                      links them; the last val metrics as tables
 Sources: curves and the "last val metrics" come from metrics.jsonl (the training loop's log;
 its evaluation records carry the confusion matrix). The confusion matrix comes from
@@ -121,7 +122,7 @@ def plot_confusion(confusion, class_names: list[str], path: Path, title: str) ->
                     ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=8,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -149,7 +150,8 @@ def _read_images(data_dir, split: str, count: int):
 
     source = data.open_source(data_dir, split)
     out = []
-    for i in range(min(count, len(source))):
+    # spread over the split: consecutive video frames look alike
+    for i in sorted(set(np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int))):
         ex = source[i]
         name = ex["file_name"]
         out.append((name.decode() if isinstance(name, bytes) else str(name),
@@ -225,7 +227,7 @@ def make_report(workdir, split: str = "val", num_images: int = 4, data_dir=None,
     if num_images > 0:
         try:
             png = _draw_predictions(workdir, data_dir, split, num_images, out)
-            sections += [f"## Predictions on the first {num_images} {split} images", "",
+            sections += [f"## Predictions on {num_images} {split} images (spread over the split)", "",
                          f"![predictions]({png})", "", "![legend](legend.png)", ""]
         except Exception as e:
             notes.append(f"no prediction grid: {type(e).__name__}: {e}")

@@ -14,7 +14,7 @@ import pytest
 from fcn_jax import export
 from fcn_jax.data import normalize
 from fcn_jax.models import FCN
-from test_predict import VARIANT, camvid_crops, camvid_meta, random_params, write_run
+from test_predict import VARIANT, camvid_crops, camvid_meta, random_params
 
 # What a deployment does: numpy + jax only (this is the snippet in docs/inference.md).
 STANDALONE = textwrap.dedent("""
@@ -96,10 +96,20 @@ def test_artifact_runs_without_fcn_jax_and_equals_the_model(model, params, image
         export.load(path)
 
 
-def test_cli_export_fixed_batch_labels_only_and_loader_needs_no_flax(params, images, reference, tmp_path, capsys):
-    from fcn_jax import cli
+def test_cli_export_fixed_batch_labels_only_and_loader_needs_no_flax(model, params, images, reference, tmp_path,
+                                                                     capsys, monkeypatch):
+    from fcn_jax import checkpoints, cli
 
-    run = write_run(tmp_path / "run", params, camvid_meta())
+    # Loading a run is tested in test_predict; here the command gets the in-memory model.
+    run = tmp_path / "run"
+    real_load = checkpoints.load_inference
+
+    def load_inference(path):
+        if str(path) != str(run):
+            return real_load(path)
+        return model, params, camvid_meta()
+
+    monkeypatch.setattr(checkpoints, "load_inference", load_inference)
     path = tmp_path / "labels.jaxexport"
     assert cli.main(["export", "--checkpoint", str(run), "--out", str(path), "--height", "64",
                      "--width", "96", "--batch", "2", "--output", "labels", "--platforms", "cpu"]) == 0

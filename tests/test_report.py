@@ -16,10 +16,9 @@ from fcn_jax import cli, data, evaluate, metrics, visualize
 from fcn_jax.models import FCN
 from test_predict import VARIANT, camvid_crops, random_params, write_run
 
-# val: two 64x96 crops and one 60x90 (two size groups; with batch 2 the second group's
-# batch holds one padding example that must not be counted)
+# val: three crops; with batch 2 the second batch holds one padding example that must not count
 TOPS = {"train": 140, "val": 150, "test": 190}
-SPLITS = {"train": ((64, 96),) * 2, "val": ((64, 96), (64, 96), (60, 90)), "test": ((64, 96),) * 2}
+SPLITS = {"train": ((64, 96),) * 2, "val": ((64, 96),) * 3, "test": ((64, 96),) * 2}
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +122,10 @@ def test_report_command(run_dir, capsys):
     assert f"step {last['step']}" in readme and f"| mean IoU | {100 * last['miou']:.2f} |" in readme
     assert "| Sky |" in readme and "Bicyclist" in readme.split("Left out of the means")[1]
     assert "## Skipped" not in readme
-    # grid: a title row and 3 rows (64, 64, 60 px) of image | truth | prediction (96 px wide)
+    # grid: a title row and 3 rows (64 px) of image | truth | prediction (96 px wide)
     g = visualize.GAP
     with Image.open(out / "predictions_val.png") as im:
-        assert im.size == (3 * 96 + 4 * g, 20 + 64 + 64 + 60 + 5 * g)
+        assert im.size == (3 * 96 + 4 * g, 20 + 3 * 64 + 5 * g)
 
 
 def test_report_of_an_empty_run_says_what_is_missing(tmp_path, capsys):
