@@ -8,9 +8,8 @@ crop, flip, normalise, batch), the train step's images/s and their ratio; the pi
 should deliver at least 3x what the step consumes. The two are timed one after the other,
 each with the whole machine: in a real run they share the CPU cores.
 
-Train step: until fcn_jax.training exposes one, a jitted forward + backward + SGD-momentum
-update of FCN(num_classes=11, variant="8s") with per-pixel softmax cross entropy (void
-ignored), on one pipeline batch kept on the device.
+Train step: the project's own (fcn_jax.training.compile_steps), FCN-8s, SGD momentum,
+median-frequency class weights, void ignored, on one pipeline batch kept on the device.
 
 Seen 2026-11-26. This 2-core CPU box (shared, so noisy): pipeline 43-172 img/s (cache+uint8
 148-262), train step 0.4-0.5 img/s, ratio >100x. On an H200 (16 cores; the pipeline's
@@ -47,58 +46,33 @@ def time_pipeline(data_dir, batch: int, steps: int, warmup: int, threads: int | 
     return steps * batch / (time.perf_counter() - start)
 
 
-def make_train_step(num_classes: int, ignore_index: int):
+def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
+    """images/s of the project's jitted train step (fcn_jax.training), FCN-8s, SGD momentum,
+    median-frequency class weights, on one pipeline batch kept on the device."""
     import jax
-    import jax.numpy as jnp
-    import optax
 
+    from fcn_jax import data, training
     from fcn_jax.models import FCN
 
-    model = FCN(num_classes=num_classes, variant="8s")
-    tx = optax.sgd(1e-4, momentum=0.9)
-
-    def loss_fn(params, images, labels, rng):
-        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-        valid = labels != ignore_index
-        ce = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-        return jnp.sum(ce * valid) / jnp.maximum(valid.sum(), 1)
-
-    @jax.jit
-    def step(params, opt_state, images, labels, rng):
-        rng, sub = jax.random.split(rng)
-        loss, grads = jax.value_and_grad(loss_fn)(params, images, labels, sub)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, rng
-
-    def init(images):
-        params = model.init(jax.random.key(0), images[:1])["params"]
-        return params, tx.init(params)
-
-    return step, init
-
-
-def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
-    import jax
-
-    from fcn_jax import data
-
     meta = data.load_meta(data_dir)
-    loader = data.TrainLoader(data_dir, global_batch_size=batch, crop_size=(360, 480), seed=0)
-    b = next(loader)
-    images, labels = jax.device_put(b["image"]), jax.device_put(b["label"])
-    step, init = make_train_step(meta.num_classes, meta.ignore_index)
-    params, opt_state = init(images)
-    rng = jax.random.key(1)
+    loader = data.TrainLoader(data_dir, global_batch_size=batch, crop_size=(360, 480), seed=0,
+                              process_index=0, process_count=1)
+    model = FCN(meta.num_classes, "8s")
+    tx, _ = training.make_optimizer({"name": "sgd", "learning_rate": 1e-4, "decay_steps": 1000,
+                                     "bias_lr_mult": 2.0, "weight_decay": 5e-4})
+    mesh = training.data_mesh()
+    step, _ = training.compile_steps(mesh, model, tx, meta.ignore_index, data.class_weights(data_dir))
+    state = training.init_state(model, tx, jax.random.PRNGKey(0))
+    b = data.to_global(next(loader), mesh)
     for _ in range(warmup):  # compile
-        params, opt_state, loss, rng = step(params, opt_state, images, labels, rng)
-    jax.block_until_ready(loss)
+        state, metrics = step(state, b)
+    jax.block_until_ready(metrics["loss"])
     start = time.perf_counter()
     for _ in range(steps):
-        params, opt_state, loss, rng = step(params, opt_state, images, labels, rng)
-    jax.block_until_ready(loss)
-    if not np.isfinite(float(loss)):
-        raise RuntimeError(f"non-finite loss {float(loss)}")
+        state, metrics = step(state, b)
+    jax.block_until_ready(metrics["loss"])
+    if not np.isfinite(float(metrics["loss"])):
+        raise RuntimeError(f"non-finite loss {float(metrics['loss'])}")
     return steps * batch / (time.perf_counter() - start)
 
 

@@ -47,6 +47,8 @@ class Checkpointer:
         self.latest.save(step, args=self._args(state, meta))
 
     def save_best(self, step: int, state: Any, meta: dict, miou: float) -> None:
+        if step in self.best.all_steps():  # evaluated before a crash, evaluated again on resume
+            return
         self.best.save(step, args=self._args(state, meta), metrics={"miou": float(miou)})
 
     def best_miou(self) -> float | None:

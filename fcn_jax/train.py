@@ -9,6 +9,7 @@ an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -267,14 +268,19 @@ def evaluate_and_draw(config, workdir: Path, model: FCN, params: Any, data_dir: 
     return summary
 
 
+@functools.lru_cache(maxsize=4)
+def _predict_labels(model: FCN):
+    """One compiled predictor per model, reused by every evaluation of a run."""
+    return jax.jit(lambda params, images: jnp.argmax(training.predict_logits(params, images, model=model), -1))
+
+
 def draw_predictions(model: FCN, params: Any, data_dir: Path, meta, split: str, count: int, path: Path) -> None:
     from PIL import Image
 
     from fcn_jax import data, visualize
 
     batch = next(data.eval_batches(data_dir, split, count, process_index=0, process_count=1))
-    logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, batch["image"])
-    preds = np.asarray(jnp.argmax(logits, -1))
+    preds = np.asarray(_predict_labels(model)(params, batch["image"]))
     grid = visualize.prediction_grid(data.denormalize(batch["image"]), batch["label"], preds, meta.palette, meta.ignore_index)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
