@@ -20,10 +20,10 @@ def get_config():
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 10
     c.optimizer.clip_grad_norm = 10.0
-    c.train.steps = 60
+    c.train.steps = 150
     c.train.batch_size = 4
-    c.train.log_every = 5
-    c.train.checkpoint_every = 30
+    c.train.log_every = 10
+    c.train.checkpoint_every = 50
     c.train.eval_every = 0  # once, at the end
     c.train.eval_batch_size = 4
     c.train.num_pictures = 4
