@@ -215,7 +215,7 @@ def _builder_class(name: str):
 
         def _info(self):
             s = self.spec
-            return tfds.core.DatasetInfo(
+            info = tfds.core.DatasetInfo(
                 builder=self,
                 description=s["description"],
                 features=tfds.features.FeaturesDict({
@@ -230,6 +230,11 @@ def _builder_class(name: str):
                 metadata=tfds.core.MetadataDict(s["metadata"]),
                 disable_shuffling=True,
             )
+            # For a dataset not yet on disk tfds looks for pre-computed info in its GCS
+            # bucket and leaks an empty temporary directory each time; a local dataset
+            # has nothing there to find.
+            info.initialize_from_bucket = lambda: None
+            return info
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(split) for split in self.spec["splits"]}
