@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax import geometry
+from fcn_jax import geometry, ops
 
 Dtype = Any
 
@@ -39,9 +39,37 @@ def _conv(name: str, features: int, dtype: Dtype, **kwargs) -> nn.Conv:
     )
 
 
+class MatmulConv(nn.Module):
+    """A VALID, stride-1 convolution (fc6, fc7, score layers) computed as one matrix
+    product (`ops.conv_as_matmul`). Parameters, names and initialisers are those of
+    `nn.Conv` with the same arguments, so checkpoints and init values are unchanged."""
+
+    features: int
+    kernel_size: tuple[int, int] = (1, 1)
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        return ops.conv_as_matmul(x, kernel.astype(self.dtype), bias.astype(self.dtype))
+
+
+def _dense(name: str, features: int, dtype: Dtype, **kwargs) -> MatmulConv:
+    """fc6 / fc7: the convolutionalised classifier layers (VALID, stride 1)."""
+    w = geometry.ALEXNET_LAYERS.get(name)
+    kernel = (w.kernel, w.kernel) if w is not None else (1, 1)
+    assert w is None or (w.stride, w.padding) == (1, 0), name
+    return MatmulConv(features, kernel, dtype=dtype, name=name, **kwargs)
+
+
 def _pool(x: jax.Array, name: str) -> jax.Array:
     w = geometry.ALEXNET_LAYERS[name]
-    return nn.max_pool(x, (w.kernel, w.kernel), strides=(w.stride, w.stride), padding="VALID")
+    return ops.max_pool(x, w.kernel, w.stride)  # = nn.max_pool(..., padding="VALID"), faster gradient
 
 
 def alexnet_features(x: jax.Array, dtype: Dtype, kernel_init=None) -> dict[str, jax.Array]:
@@ -74,10 +102,10 @@ class AlexNet(nn.Module):
         x = alexnet_features(images.astype(self.dtype), self.dtype)["pool5"]
         # torchvision order: Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8.
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.relu(_conv("fc6", CHANNELS["fc6"], self.dtype)(x))
+        x = nn.relu(_dense("fc6", CHANNELS["fc6"], self.dtype)(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.relu(_conv("fc7", CHANNELS["fc7"], self.dtype)(x))
-        x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="fc8")(x)
+        x = nn.relu(_dense("fc7", CHANNELS["fc7"], self.dtype)(x))
+        x = _dense("fc8", self.num_classes, self.dtype)(x)
         return x.astype(jnp.float32)
 
 
@@ -101,7 +129,11 @@ class Upsample(nn.Module):
     Returns only the cells between the first and the last input cell
     ((n - 1) * factor + 1 of them), where the interpolation has both neighbours;
     `geometry.Grid.upsampled` describes the same grid. With `trainable=False` the
-    kernel is a constant, not a parameter.
+    kernel is a constant, not a parameter. `crop=(start_h, start_w, size_h, size_w)`
+    returns only that window of the result (and skips the work outside it).
+
+    Computed as `ops.upsample` (2x2 neighbourhoods times a rearranged kernel, then
+    depth-to-space), equal to the transposed convolution `ops.upsample_reference`.
     """
 
     factor: int
@@ -109,24 +141,15 @@ class Upsample(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, crop: tuple[int, int, int, int] | None = None) -> jax.Array:
         f, channels = self.factor, x.shape[-1]
         shape = (2 * f - 1, 2 * f - 1, channels, channels)
         if self.trainable:
             kernel = self.param("kernel", bilinear_init(f), shape, jnp.float32)
         else:
             kernel = bilinear_init(f)(None, shape)
-        # lax.conv_transpose correlates with the kernel; flipping it gives the
-        # scatter form out[f*i + t] += x[i] @ kernel[t], as PyTorch's ConvTranspose2d.
-        y = jax.lax.conv_transpose(
-            x,
-            kernel[::-1, ::-1].astype(self.dtype),
-            (f, f),
-            "VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        h, w = x.shape[1:3]
-        return y[:, f - 1 : f - 1 + (h - 1) * f + 1, f - 1 : f - 1 + (w - 1) * f + 1]
+        # Scatter form out[f*i + t] += x[i] @ kernel[t], as PyTorch's ConvTranspose2d.
+        return ops.upsample(x.astype(self.dtype), kernel.astype(self.dtype), f, crop)
 
 
 def _crop(x: jax.Array, start_h: int, start_w: int, size_h: int, size_w: int) -> jax.Array:
@@ -152,16 +175,9 @@ class FCN(nn.Module):
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
-    def _score(self, name: str) -> nn.Conv:
-        return nn.Conv(
-            self.num_classes,
-            (1, 1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.initializers.zeros,
-            bias_init=nn.initializers.zeros,
-            name=name,
-        )
+    def _score(self, name: str) -> MatmulConv:
+        zeros = nn.initializers.zeros
+        return MatmulConv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name=name)
 
     def _upsample(self, factor: int, name: str) -> Upsample:
         return Upsample(factor, trainable=self.trainable_upsampling, dtype=self.dtype, name=name)
@@ -180,7 +196,7 @@ class FCN(nn.Module):
             self.sow("intermediates", name, value)
         x = taps["pool5"]
         for name in ("fc6", "fc7"):
-            x = nn.relu(_conv(name, CHANNELS[name], self.dtype)(x))
+            x = nn.relu(_dense(name, CHANNELS[name], self.dtype)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         score = self._score("score_fr")(x)
 
@@ -192,8 +208,7 @@ class FCN(nn.Module):
             skip = self._score(f"score_{tap}")(taps[tap])
             skip = _crop(skip, plan.height.skip_starts[tap], plan.width.skip_starts[tap], *up.shape[1:3])
             score = up + skip
-        out = self._upsample(stride, f"upscore_final{stride}")(score)
-        out = _crop(out, plan.height.out_start, plan.width.out_start, h, w)
+        out = self._upsample(stride, f"upscore_final{stride}")(score, crop=(plan.height.out_start, plan.width.out_start, h, w))
         return out.astype(jnp.float32)
 
 

@@ -1,0 +1,284 @@
+"""Training and inference throughput of fcn_jax's FCN against its PyTorch twin.
+
+    python benchmarks/throughput.py                              # 32s, 16s, 8s at 360x480, batch 2
+    python benchmarks/throughput.py --variants 8s,32s --steps 10
+    python benchmarks/throughput.py --dtype bfloat16 --no-torch  # e.g. on a GPU
+
+fcn_jax train = the project's jitted step (fcn_jax.training: make_optimizer(SGD,
+momentum 0.9) + init_state + compile_steps on a 1-device mesh, state donated);
+fcn_jax inference = jitted FCN apply + argmax. PyTorch = benchmarks/torch_twin.TorchFCN
+with the same parameters: train = forward + cross entropy + backward + SGD step,
+inference = no_grad forward + argmax, torch.set_num_threads(cores).
+
+The two frameworks are timed in alternating rounds (ABBA order) so that noise on a
+shared machine hits both alike; images/s come from the median round. FLOPs per image
+are XLA's cost analysis of the compiled program (what XLA executes, not a textbook
+count); the machine's peak is *estimated* by a large matmul timed in the same run
+(float32 on CPU, bfloat16 on GPU). On a GPU the bf16 model-FLOPs utilisation against
+--peak-tflops (default 989, H100/H200 dense bf16) is printed too; torch runs there
+only where CUDA torch is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+IGNORE = 255
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default="32s,16s,8s")
+    p.add_argument("--modes", default="train,infer", help="train, infer or both")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--width", type=int, default=480)
+    p.add_argument("--num-classes", type=int, default=11)
+    p.add_argument("--steps", type=int, default=6, help="timed rounds per framework")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--impl", choices=("fast", "reference"), default="fast",
+                   help="reference: trace the model with fcn_jax.ops.reference_ops() (the straightforward "
+                        "conv_transpose / conv / reduce_window formulation: the v0 baseline)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak for MFU")
+    return p.parse_args(argv)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# -- fcn_jax --------------------------------------------------------------------
+
+
+class JaxSide:
+    def __init__(self, variant, args, images, labels):
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from fcn_jax import training
+        from fcn_jax.models import FCN
+
+        self.jax = jax
+        dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+        self.model = FCN(args.num_classes, variant, dtype=dtype)
+        tx, _ = training.make_optimizer({"name": "sgd", "learning_rate": 1e-4, "momentum": 0.9,
+                                         "schedule": "constant", "decay_steps": 1, "bias_lr_mult": 2.0})
+        state = training.init_state(self.model, tx, jax.random.key(0))
+        # Non-zero score layers, so every layer's gradient is a real one.
+        params = dict(state.params)
+        for name in params:
+            if name.startswith("score_"):
+                k = params[name]["kernel"]
+                params[name] = {**params[name], "kernel": 1e-3 * jax.random.normal(jax.random.key(1), k.shape)}
+        state = training.init_state(self.model, tx, jax.random.key(0), params=params)
+        self.params = jax.tree.map(np.asarray, state.params)  # host copy for the torch twin
+        mesh = training.data_mesh(jax.devices()[:1])
+        train, _ = training.compile_steps(mesh, self.model, tx, IGNORE)
+        replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(training.DATA_AXIS))
+        self.state = jax.device_put(state, replicated)
+        self.batch = jax.device_put({"image": images, "label": labels}, batched)
+        model = self.model
+        infer = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
+        self.infer_params = jax.device_put(state.params, replicated)
+
+        self.compiled, self.compile_s = {}, {}
+        from fcn_jax import ops
+
+        with (ops.reference_ops() if args.impl == "reference" else contextlib.nullcontext()):
+            t = time.perf_counter()
+            self.compiled["train"] = train.lower(self.state, self.batch).compile()
+            self.compile_s["train"] = time.perf_counter() - t
+            t = time.perf_counter()
+            self.compiled["infer"] = infer.lower(self.infer_params, self.batch["image"]).compile()
+            self.compile_s["infer"] = time.perf_counter() - t
+
+    def flops(self, mode) -> float:
+        cost = self.compiled[mode].cost_analysis()
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0]
+        return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+    def memory_mb(self, mode) -> float:
+        m = self.compiled[mode].memory_analysis()
+        if m is None:
+            return float("nan")
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        return total / 2**20
+
+    def step(self, mode) -> float:
+        t = time.perf_counter()
+        if mode == "train":
+            self.state, metrics = self.compiled["train"](self.state, self.batch)
+            self.jax.block_until_ready(metrics["loss"])
+        else:
+            self.jax.block_until_ready(self.compiled["infer"](self.infer_params, self.batch["image"]))
+        return time.perf_counter() - t
+
+
+# -- PyTorch --------------------------------------------------------------------
+
+
+class TorchSide:
+    def __init__(self, variant, args, images, labels, params, device):
+        import torch
+
+        from torch_twin import TorchFCN, load_flax_fcn_params
+
+        self.torch, self.device = torch, device
+        self.model = load_flax_fcn_params(TorchFCN(args.num_classes, variant), params).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+        self.autocast = args.dtype == "bfloat16"
+
+    def _sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+
+    def step(self, mode) -> float:
+        torch = self.torch
+        self._sync()
+        t = time.perf_counter()
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
+            if mode == "train":
+                self.model.train()
+                self.opt.zero_grad(set_to_none=True)
+                loss = self.model.loss(self.images, self.labels, IGNORE)
+                loss.backward()
+                self.opt.step()
+                loss.item()
+            else:
+                self.model.eval()
+                with torch.no_grad():
+                    self.model(self.images).argmax(1).cpu()
+        self._sync()
+        return time.perf_counter() - t
+
+
+def torch_device(backend: str, no_torch: bool):
+    """'cpu', 'cuda' or None (skipped), with the reason."""
+    if no_torch:
+        return None, "--no-torch"
+    try:
+        import torch
+    except ImportError:
+        return None, "torch not installed"
+    if backend == "cpu":
+        torch.set_num_threads(cores())
+        return "cpu", f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if backend == "gpu" and torch.cuda.is_available():
+        return "cuda", f"torch {torch.__version__} on {torch.cuda.get_device_name()}"
+    return None, f"torch {torch.__version__} has no CUDA here"
+
+
+# -- peak -------------------------------------------------------------------------
+
+
+def measured_peak(backend: str) -> tuple[float, str]:
+    """FLOP/s of a large matmul: an estimate of what the machine can do."""
+    import jax
+    import jax.numpy as jnp
+
+    n, dtype = (8192, jnp.bfloat16) if backend == "gpu" else (3072, jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = float("inf")
+    for _ in range(5 if backend == "gpu" else 3):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best, f"{n}x{n} {jnp.dtype(dtype).name} matmul"
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+
+    backend = jax.default_backend()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    dev, torch_note = torch_device(backend, args.no_torch)
+    print(f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}), {cores()} cores; "
+          f"PyTorch: {torch_note}; {args.height}x{args.width}, batch {args.batch_size}, {args.dtype}, "
+          f"{args.num_classes} classes, {args.impl} ops; {args.steps} alternating rounds after {args.warmup} warm-up")
+    load0 = os.getloadavg()
+    peak, peak_how = measured_peak(backend)
+    print(f"measured peak (estimate): {peak / 1e9:.1f} GFLOP/s from a {peak_how}")
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.batch_size, args.height, args.width, 3)).astype(np.float32)
+    labels = rng.integers(0, args.num_classes, size=(args.batch_size, args.height, args.width)).astype(np.int32)
+    labels[:, :8] = IGNORE
+
+    rows = []
+    for variant in variants:
+        js = JaxSide(variant, args, images, labels)
+        ts = TorchSide(variant, args, images, labels, js.params, dev) if dev else None
+        for mode in modes:
+            for _ in range(args.warmup):
+                js.step(mode)
+                if ts:
+                    ts.step(mode)
+            times = {"jax": [], "torch": []}
+            for r in range(args.steps):
+                order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+                for who in order:
+                    side = js if who == "jax" else ts
+                    if side is not None:
+                        times[who].append(side.step(mode))
+            jt = statistics.median(times["jax"])
+            tt = statistics.median(times["torch"]) if times["torch"] else float("nan")
+            flops = js.flops(mode)
+            row = dict(variant=variant, mode=mode, jax=args.batch_size / jt, torch=args.batch_size / tt,
+                       compile=js.compile_s[mode], gflop_img=flops / args.batch_size / 1e9,
+                       achieved=flops / jt, xla_mb=js.memory_mb(mode),
+                       jax_ms=[round(t * 1e3) for t in times["jax"]],
+                       torch_ms=[round(t * 1e3) for t in times["torch"]])
+            rows.append(row)
+            print(f"{variant} {mode}: fcn_jax ms {row['jax_ms']}  torch ms {row['torch_ms']}", flush=True)
+        del js, ts
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak_dev = stats.get("peak_bytes_in_use")
+    print()
+    print(f"| variant | mode | fcn_jax img/s | PyTorch img/s | ratio | compile s | XLA GFLOP/img | GFLOP/s | % of measured peak"
+          + (" | bf16 MFU" if backend == "gpu" else "") + " | XLA MiB |")
+    print("|---|---|---|---|---|---|---|---|---" + ("|---" if backend == "gpu" else "") + "|---|")
+    for r in rows:
+        ratio = r["jax"] / r["torch"] if r["torch"] == r["torch"] else float("nan")
+        mfu = f" | {100 * r['achieved'] / (args.peak_tflops * 1e12):.1f}%" if backend == "gpu" else ""
+        print(f"| {r['variant']} | {r['mode']} | {r['jax']:.2f} | {r['torch']:.2f} | {ratio:.2f}x | {r['compile']:.1f} "
+              f"| {r['gflop_img']:.1f} | {r['achieved'] / 1e9:.1f} | {100 * r['achieved'] / peak:.0f}%{mfu} | {r['xla_mb']:.0f} |")
+    load1 = os.getloadavg()
+    print(f"1-min load average at start / end: {load0[0]:.1f} / {load1[0]:.1f} (on {cores()} cores; >0.5 means other work shared the machine)")
+    print(f"process RSS high-water mark (both frameworks): {rss_mb():.0f} MiB"
+          + (f"; jax device peak_bytes_in_use {peak_dev / 2**20:.0f} MiB" if peak_dev else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

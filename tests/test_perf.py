@@ -1,0 +1,185 @@
+"""The fast formulations keep the numbers; the PyTorch twin used by the benchmarks is exact.
+
+* fcn_jax.ops fast ops vs their straightforward `*_reference` forms: values and gradients.
+* The whole FCN with the fast ops vs the same FCN built on the reference ops.
+* benchmarks/torch_twin.TorchFCN with copied Flax params gives the Flax FCN's logits and loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcn_jax import geometry, ops, training
+from fcn_jax.models import FCN, init_params
+
+NUM_CLASSES = 5
+TOL = 1e-5
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def backbone() -> dict:
+    """conv1 ... fc7, initialised once (the costly part: 58M parameters)."""
+    p = init_params(FCN(NUM_CLASSES, "8s"), jax.random.key(0))
+    return {k: v for k, v in p.items() if not k.startswith(("score_", "upscore"))}
+
+
+def _random_params(backbone: dict, variant: str, seed: int = 0, trainable_upsampling: bool = True) -> dict:
+    """The shared backbone, non-zero score layers and perturbed (non-bilinear) upsampling."""
+    model = FCN(NUM_CLASSES, variant, trainable_upsampling=trainable_upsampling)
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    out = dict(backbone)
+    for name, layer in shapes.items():
+        if name.startswith("upscore"):
+            bilinear = np.einsum("i,j,ab->ijab", *(2 * [geometry.bilinear_kernel_1d((layer["kernel"].shape[0] + 1) // 2)]), np.eye(NUM_CLASSES))
+            out[name] = {"kernel": jnp.asarray(bilinear + 0.05 * rng.normal(size=bilinear.shape), jnp.float32)}
+        elif name.startswith("score_"):
+            out[name] = {k: jnp.asarray((0.05 if k == "kernel" else 0.1) * rng.normal(size=v.shape), jnp.float32)
+                         for k, v in layer.items()}
+    assert jax.tree.structure(out) == jax.tree.structure(shapes)
+    return out
+
+
+# -- ops -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor,size", [(2, (5, 7)), (3, (4, 3)), (8, (4, 6)), (32, (3, 4)), (32, (1, 2))])
+def test_upsample_equals_transposed_convolution_values_and_gradients(factor, size):
+    kx, kk, kc = jax.random.split(jax.random.key(factor), 3)
+    x = jax.random.normal(kx, (2, *size, 3))
+    kernel = jax.random.normal(kk, (2 * factor - 1, 2 * factor - 1, 3, 4))
+    cot = jax.random.normal(kc, ((size[0] - 1) * factor + 1, (size[1] - 1) * factor + 1, 4))
+
+    @jax.jit
+    def both(x, kernel):
+        fwd = [ops.upsample_reference(x, kernel, factor), ops.upsample(x, kernel, factor)]
+        grads = [jax.grad(lambda a, k: jnp.sum(f(a, k, factor) * cot), (0, 1))(x, kernel)
+                 for f in (ops.upsample_reference, ops.upsample)]
+        return fwd, grads
+
+    (ref, new), (g_ref, g_new) = both(x, kernel)
+    assert new.shape == ref.shape == (2, *cot.shape)
+    assert rel(new, ref) < TOL
+    for a, b in zip(g_new, g_ref):
+        assert rel(a, b) < TOL
+
+
+def test_upsample_crop_is_a_window_of_the_full_result():
+    x = jax.random.normal(jax.random.key(0), (1, 4, 5, 2))
+    kernel = jax.random.normal(jax.random.key(1), (15, 15, 2, 2))
+    full = ops.upsample_reference(x, kernel, 8)  # 25 x 33
+    for crop in [(0, 0, 25, 33), (3, 9, 17, 20), (8, 16, 1, 1), (24, 32, 1, 1), (0, 5, 9, 28)]:
+        sh, sw, h, w = crop
+        assert rel(ops.upsample(x, kernel, 8, crop), full[:, sh : sh + h, sw : sw + w]) < TOL
+    with pytest.raises(ValueError, match="crop"):
+        ops.upsample(x, kernel, 8, (20, 0, 6, 4))
+
+
+@pytest.mark.parametrize("window,stride,size", [(3, 2, (13, 10)), (3, 2, (4, 3)), (2, 2, (8, 9)), (3, 1, (6, 7))])
+def test_max_pool_equals_reduce_window_values_and_gradients(window, stride, size):
+    kx, kc = jax.random.split(jax.random.key(window * 10 + stride))
+    x = jax.nn.relu(jax.random.normal(kx, (2, *size, 6)))  # ties at 0, as after a ReLU
+    x = x.at[:, 1:3, 1:3, 0].set(0.5)  # and a tie at a positive value
+    oh, ow = (size[0] - window) // stride + 1, (size[1] - window) // stride + 1
+    cot = jax.random.normal(kc, (2, oh, ow, 6))
+
+    @jax.jit
+    def both(x):
+        return [jax.vjp(lambda a: f(a, window, stride), x) for f in (ops.max_pool_reference, ops.max_pool)]
+
+    (ref, vjp_ref), (new, vjp_new) = both(x)
+    np.testing.assert_array_equal(new, ref)
+    assert rel(vjp_new(cot)[0], vjp_ref(cot)[0]) < TOL
+
+
+@pytest.mark.parametrize("kernel_shape", [(6, 6, 16, 32), (1, 1, 24, 8)])
+def test_conv_as_matmul_equals_convolution_values_and_gradients(kernel_shape):
+    kx, kk, kb, kc = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (2, 9, 11, kernel_shape[2]))
+    kernel = jax.random.normal(kk, kernel_shape)
+    bias = jax.random.normal(kb, kernel_shape[-1:])
+    cot = jax.random.normal(kc, (2, 10 - kernel_shape[0], 12 - kernel_shape[1], kernel_shape[3]))
+
+    @jax.jit
+    def both(*args):
+        fwd = [ops.conv_reference(*args), ops.conv_as_matmul(*args)]
+        grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(*args) for f in (ops.conv_reference, ops.conv_as_matmul)]
+        return fwd, grads
+
+    (ref, new), (g_ref, g_new) = both(x, kernel, bias)
+    assert rel(new, ref) < TOL
+    for a, b in zip(g_new, g_ref):
+        assert rel(a, b) < TOL
+
+
+# -- the whole model: fast ops vs reference ops ---------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["32s", "8s"])  # 16s: the same two kinds of stage as 8s
+def test_fast_fcn_equals_reference_fcn_logits_and_gradients(backbone, variant):
+    model = FCN(NUM_CLASSES, variant)
+    params = _random_params(backbone, variant)
+    images = jax.random.normal(jax.random.key(5), (2, 37, 58, 3))
+    labels = jax.random.randint(jax.random.key(6), (2, 37, 58), 0, NUM_CLASSES)
+
+    def loss(p):
+        logits = model.apply({"params": p}, images)
+        return training.pixel_loss(logits, labels, 255), logits
+
+    (l_new, z_new), g_new = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    with ops.reference_ops():
+        (l_ref, z_ref), g_ref = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert ops.upsample is not ops._upsample_reference_cropped  # switched back
+    assert rel(z_new, z_ref) < TOL
+    assert rel(l_new, l_ref) < TOL
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_new), jax.tree.leaves(g_ref)):
+        assert rel(a, b) < TOL, (jax.tree_util.keystr(path), rel(a, b))
+
+
+# -- the PyTorch twin ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", geometry.VARIANTS)
+def test_torch_twin_reproduces_flax_logits_and_loss(backbone, variant):
+    torch = pytest.importorskip("torch")
+    from torch_twin import TorchFCN, load_flax_fcn_params
+
+    params = _random_params(backbone, variant, seed=3)
+    h, w = 45, 71
+    x = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    labels = np.random.default_rng(1).integers(0, NUM_CLASSES, size=(2, h, w)).astype(np.int32)
+    labels[:, :4] = 255
+    got = np.asarray(jax.jit(FCN(NUM_CLASSES, variant).apply)({"params": params}, x))
+    twin = load_flax_fcn_params(TorchFCN(NUM_CLASSES, variant).eval(), params)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        ref = twin(xt).numpy().transpose(0, 2, 3, 1)
+        ref_loss = float(twin.loss(xt, torch.from_numpy(labels), 255))
+    assert got.shape == ref.shape == (2, h, w, NUM_CLASSES)
+    assert np.abs(got).max() > 1e-2  # the score layers are live
+    assert rel(got, ref) < TOL
+    assert abs(float(training.pixel_loss(jnp.asarray(got), labels, 255)) - ref_loss) < TOL * abs(ref_loss)
+
+
+def test_torch_twin_frozen_upsampling_matches(backbone):
+    torch = pytest.importorskip("torch")
+    from torch_twin import TorchFCN, load_flax_fcn_params
+
+    params = _random_params(backbone, "16s", seed=4, trainable_upsampling=False)
+    assert not [k for k in params if k.startswith("upscore")]
+    x = np.random.default_rng(2).normal(size=(1, 41, 58, 3)).astype(np.float32)
+    model = FCN(NUM_CLASSES, "16s", trainable_upsampling=False)
+    got = np.asarray(jax.jit(model.apply)({"params": params}, x))
+    twin = load_flax_fcn_params(TorchFCN(NUM_CLASSES, "16s", trainable_upsampling=False).eval(), params)
+    assert not any(p.requires_grad for n, p in twin.named_parameters() if n.startswith("ups."))
+    with torch.no_grad():
+        ref = twin(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+    assert rel(got, ref) < TOL
