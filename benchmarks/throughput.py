@@ -99,7 +99,9 @@ class JaxSide:
         self.batch = jax.device_put({"image": images, "label": labels}, batched)
         model = self.model
         infer = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
-        self.infer_params = jax.device_put(state.params, replicated)
+        # From the host copy: device_put of on-device arrays may alias the train state's
+        # buffers, which the train step donates (seen on a GPU: 'Array has been deleted').
+        self.infer_params = jax.device_put(self.params, replicated)
 
         self.compiled, self.compile_s = {}, {}
         from fcn_jax import ops
