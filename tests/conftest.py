@@ -29,6 +29,7 @@ def make_camvid_subset(root: Path, counts: dict[str, int]) -> Path:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(CAMVID / rel, root / rel)
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    shutil.copyfile(CAMVID / "camvid11_palette.png", root / "camvid11_palette.png")
     return root
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from PIL import Image
 
 from fcn_jax import data
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
+from conftest import CAMVID, make_camvid_subset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +23,7 @@ def camvid_out(tmp_path_factory) -> Path:
     """6 train + 3 val real CamVid pairs, prepared."""
     if not (CAMVID / "train.txt").is_file():
         pytest.skip(f"CamVid not found at {CAMVID}")
-    src = tmp_path_factory.mktemp("cv")
-    for split, n in (("train", 6), ("val", 3)):
-        lines = (CAMVID / f"{split}.txt").read_text().split("\n")[:n]
-        for rel in " ".join(lines).split():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(CAMVID / rel, src / rel)
-        (src / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    src = make_camvid_subset(tmp_path_factory.mktemp("cv"), {"train": 6, "val": 3})
     return data.prepare_camvid(src, src / "out", progress=False).parents[1]
 
 

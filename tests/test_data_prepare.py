@@ -17,22 +17,10 @@ from fcn_jax import data
 from fcn_jax.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
+from conftest import CAMVID, make_camvid_subset  # noqa: E402
+
 needs_camvid = pytest.mark.skipif(not (CAMVID / "train.txt").is_file(),
                                   reason=f"CamVid not found at {CAMVID}")
-
-
-def make_camvid_subset(dst: Path, n_train: int = 6, n_val: int = 3) -> Path:
-    """A SegNet-layout CamVid folder with the first few real pairs of each split."""
-    for split, n in (("train", n_train), ("val", n_val)):
-        lines = (CAMVID / f"{split}.txt").read_text().split("\n")[:n]
-        for line in lines:
-            for rel in line.split():
-                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(CAMVID / rel, dst / rel)
-        (dst / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    shutil.copyfile(CAMVID / "camvid11_palette.png", dst / "camvid11_palette.png")
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +28,7 @@ def camvid_small(tmp_path_factory) -> Path:
     if not (CAMVID / "train.txt").is_file():
         pytest.skip(f"CamVid not found at {CAMVID}")
     tmp = tmp_path_factory.mktemp("camvid")
-    src = make_camvid_subset(tmp / "src")
+    src = make_camvid_subset(tmp / "src", {"train": 6, "val": 3})
     out = data.prepare_camvid(src, tmp / "out", progress=False)
     assert out == tmp / "out" / "camvid" / "1.0.0"
     return tmp
