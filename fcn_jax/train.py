@@ -233,8 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 )
             done = step + 1
             seen += config.train.batch_size
-            lr = float(schedule((done - 1) // accumulate))
             if done % config.train.log_every == 0 or done == steps:
+                lr = float(schedule((done - 1) // accumulate))
                 rate = seen / (time.perf_counter() - t0)
                 log.write(done, "train", {"loss": loss, "learning_rate": lr, "grad_norm": float(metrics["grad_norm"]), "images_per_s": rate})
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.2f}")
