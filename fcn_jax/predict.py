@@ -126,12 +126,16 @@ class Segmenter:
         self.model, self.meta = model, meta
         self.batch_size, self.flip = int(batch_size), bool(flip)
         self.device = device or jax.devices()[0]
-        self.params = jax.device_put(params, self.device)
+        self.set_params(params)
         self.num_traces = 0  # compilations of the forward pass (one per bucket, batch size, output)
         from fcn_jax.export import normalization_table
 
         self._table = normalization_table()  # data.normalize of every uint8 value
         self._forward = jax.jit(self._forward_fn, static_argnames="output")
+
+    def set_params(self, params) -> None:
+        """New weights for the same model (e.g. at each evaluation of a run): no recompilation."""
+        self.params = jax.device_put(params, self.device)
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> "Segmenter":

@@ -145,7 +145,8 @@ def _metrics_tables(rec: dict) -> list[str]:
     return lines
 
 
-def _read_images(data_dir, split: str, count: int):
+def read_examples(data_dir, split: str, count: int):
+    """(file name, uint8 image, label) of `count` examples spread over the split."""
     from fcn_jax import data
 
     source = data.open_source(data_dir, split)
@@ -279,7 +280,7 @@ def _draw_predictions(workdir: Path, data_dir, split: str, count: int, out: Path
     if not data_dir:
         raise FileNotFoundError("config.json names no data.data_dir; pass --data-dir")
     meta = check_split(data_dir, split)
-    examples = _read_images(data_dir, split, count)
+    examples = read_examples(data_dir, split, count)
     seg = Segmenter.from_checkpoint(workdir, batch_size=min(count, 4))
     preds = seg.predict([im for _, im, _ in examples])
     grid = visualize.prediction_grid([im for _, im, _ in examples], [lab for _, _, lab in examples],

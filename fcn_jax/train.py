@@ -9,7 +9,6 @@ an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -268,19 +267,26 @@ def evaluate_and_draw(config, workdir: Path, model: FCN, params: Any, data_dir: 
     return summary
 
 
-@functools.lru_cache(maxsize=4)
-def _predict_labels(model: FCN):
-    """One compiled predictor per model, reused by every evaluation of a run."""
-    return jax.jit(lambda params, images: jnp.argmax(training.predict_logits(params, images, model=model), -1))
-
-
 def draw_predictions(model: FCN, params: Any, data_dir: Path, meta, split: str, count: int, path: Path) -> None:
+    """image | truth | prediction for `count` examples spread over the split."""
     from PIL import Image
 
-    from fcn_jax import data, visualize
+    from fcn_jax import visualize
+    from fcn_jax.predict import Segmenter
+    from fcn_jax.report import read_examples
 
-    batch = next(data.eval_batches(data_dir, split, count, process_index=0, process_count=1))
-    preds = np.asarray(_predict_labels(model)(params, batch["image"]))
-    grid = visualize.prediction_grid(data.denormalize(batch["image"]), batch["label"], preds, meta.palette, meta.ignore_index)
+    # This process's replica of the (replicated, possibly multi-host) parameters.
+    local = jax.tree.map(lambda a: a.addressable_data(0), params)
+    segmenter = _segmenters.get(model)
+    if segmenter is None:  # one per model: its compiled programs serve every evaluation
+        segmenter = _segmenters[model] = Segmenter(model, local, meta, batch_size=count)
+    else:
+        segmenter.set_params(local)
+    examples = read_examples(data_dir, split, count)
+    preds = segmenter.predict([image for _, image, _ in examples])
+    grid = visualize.prediction_grid([e[1] for e in examples], [e[2] for e in examples], preds, meta.palette, meta.ignore_index)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
+
+
+_segmenters: dict = {}
