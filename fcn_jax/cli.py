@@ -14,7 +14,7 @@ import sys
 
 COMMANDS = {
     "convert": "Convert torchvision AlexNet weights (.pth) to Flax parameters.",
-    "prepare": "Prepare a dataset (camvid, folder) as a TFDS array_record directory.",
+    "prepare": "Prepare a dataset (camvid, folder, tfds) as a TFDS array_record directory.",
     "train": "Train an FCN from an experiment config.",
     "eval": "Evaluate a trained run on a split and print metrics.",
     "predict": "Segment images and write colour masks, overlays and label PNGs.",
