@@ -51,13 +51,6 @@ class Checkpointer:
             return
         self.best.save(step, args=self._args(state, meta), metrics={"miou": float(miou)})
 
-    def best_miou(self) -> float | None:
-        step = self.best.best_step()
-        if step is None:
-            return None
-        metrics = self.best.metrics(step) if hasattr(self.best, "metrics") else None
-        return None if metrics is None else float(metrics["miou"])
-
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
         """The newest intact (state, meta, step); damaged steps are skipped."""
         for step in sorted(self.latest.all_steps(), reverse=True):
