@@ -32,12 +32,7 @@ class SplitNotFound(ValueError):
 def _compiled_eval(model, ignore_index: int, mesh: Mesh):
     """One jitted eval step per (model, ignore value, mesh): the training loop evaluates many
     times and must not re-trace each time (jit caches on the function object)."""
-    replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(training.DATA_AXIS))
-    return jax.jit(
-        functools.partial(training.eval_step, model=model, ignore_index=ignore_index),
-        in_shardings=(replicated, batched),
-        out_shardings=replicated,
-    )
+    return training.compile_eval_step(mesh, model, ignore_index)
 
 
 def check_split(data_dir, split: str):

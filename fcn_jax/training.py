@@ -181,6 +181,16 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(devices, (DATA_AXIS,))
 
 
+def compile_eval_step(mesh: Mesh, model: nn.Module, ignore_index: int) -> Callable:
+    """eval_step jitted over the mesh: batch sharded on "data", params replicated."""
+    replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    return jax.jit(
+        functools.partial(eval_step, model=model, ignore_index=ignore_index),
+        in_shardings=(replicated, batched),
+        out_shardings=replicated,
+    )
+
+
 def compile_steps(mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation, ignore_index: int, class_weights=None) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated."""
     replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
@@ -191,9 +201,4 @@ def compile_steps(mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
-    evaluate = jax.jit(
-        functools.partial(eval_step, model=model, ignore_index=ignore_index),
-        in_shardings=(replicated, batched),
-        out_shardings=replicated,
-    )
-    return train, evaluate
+    return train, compile_eval_step(mesh, model, ignore_index)
