@@ -260,7 +260,7 @@ def evaluate_and_draw(config, workdir: Path, model: FCN, params: Any, data_dir: 
     from fcn_jax import evaluate
 
     result = evaluate.evaluate(model, params, data_dir, config.data.eval_split, config.train.eval_batch_size, mesh=mesh)
-    summary = result if isinstance(result, dict) else result.to_dict()
+    summary = result.to_dict()
     if jax.process_index() == 0 and config.train.num_pictures:
         draw_predictions(model, params, data_dir, meta, config.data.eval_split, config.train.num_pictures, workdir / "pictures" / f"step_{step:06d}.png")
     print(f"step {step}: {config.data.eval_split} mIoU {summary['miou']:.4f}, pixel accuracy {summary['pixel_accuracy']:.4f}", flush=True)

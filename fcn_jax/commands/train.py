@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     except train.NonFiniteLoss as e:
         print(f"fcn-jax train: {e}", file=sys.stderr)
         return 3
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # bad config values, missing or bad data (DataError)
         print(f"fcn-jax train: {e}", file=sys.stderr)
         return 2
     return 0
