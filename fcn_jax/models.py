@@ -25,8 +25,17 @@ CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 POOLS = ("pool1", "pool2", "pool5")
 
 
-def _conv(name: str, features: int, dtype: Dtype, **kwargs) -> nn.Conv:
+# Winograd tile (F(t x t, k x k)) of each stride-1 convolution on CPU in float32:
+# measured fastest there (benchmarks/PERF_NOTES.md); None keeps XLA's convolution.
+WINOGRAD_TILE = {"conv1": None, "conv2": 4, "conv3": 4, "conv4": 4, "conv5": 4}
+
+
+def _conv(name: str, features: int, dtype: Dtype, **kwargs) -> nn.Module:
     w = geometry.ALEXNET_LAYERS[name]
+    tile = WINOGRAD_TILE[name]
+    if tile is not None:
+        assert w.stride == 1, name
+        return WinogradConv(features, w.kernel, w.padding, tile, dtype=dtype, name=name, **kwargs)
     return nn.Conv(
         features,
         (w.kernel, w.kernel),
@@ -37,6 +46,35 @@ def _conv(name: str, features: int, dtype: Dtype, **kwargs) -> nn.Conv:
         name=name,
         **kwargs,
     )
+
+
+class WinogradConv(nn.Module):
+    """A stride-1, zero-padded convolution (AlexNet's conv2-conv5) that runs
+    Winograd's algorithm (`ops.conv_winograd`) on CPU in float32 and XLA's
+    convolution elsewhere (GPU libraries pick their own algorithms; bfloat16 is too
+    coarse for the transforms). Parameters, names and initialisers are nn.Conv's."""
+
+    features: int
+    kernel_size: int
+    padding: int
+    tile: int
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, p = self.kernel_size, self.padding
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if jnp.dtype(self.dtype) == jnp.float32:
+            y = jax.lax.platform_dependent(
+                x, kernel, cpu=lambda x, w: ops.conv_winograd(x, w, p, self.tile), default=lambda x, w: ops.conv_same_reference(x, w, p)
+            )
+        else:
+            y = ops.conv_same_reference(x, kernel, p)
+        return y + bias.astype(self.dtype)
 
 
 class MatmulConv(nn.Module):
@@ -57,6 +95,19 @@ class MatmulConv(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x = x.astype(self.dtype)
         return ops.conv_as_matmul(x, kernel.astype(self.dtype), bias.astype(self.dtype))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout (same "dropout" rng stream, same scaling) drawing its mask with
+    `ops.dropout`, which spends as few random bits per element as the rate needs."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        return ops.dropout(self.make_rng("dropout"), x, self.rate)
 
 
 def _dense(name: str, features: int, dtype: Dtype, **kwargs) -> MatmulConv:
@@ -101,9 +152,9 @@ class AlexNet(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         x = alexnet_features(images.astype(self.dtype), self.dtype)["pool5"]
         # torchvision order: Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8.
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate)(x, deterministic=not train)
         x = nn.relu(_dense("fc6", CHANNELS["fc6"], self.dtype)(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate)(x, deterministic=not train)
         x = nn.relu(_dense("fc7", CHANNELS["fc7"], self.dtype)(x))
         x = _dense("fc8", self.num_classes, self.dtype)(x)
         return x.astype(jnp.float32)
@@ -197,7 +248,7 @@ class FCN(nn.Module):
         x = taps["pool5"]
         for name in ("fc6", "fc7"):
             x = nn.relu(_dense(name, CHANNELS[name], self.dtype)(x))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = Dropout(self.dropout_rate)(x, deterministic=not train)
         score = self._score("score_fr")(x)
 
         stride = 32

@@ -17,6 +17,11 @@ and gradients against each other. Why each is faster, on XLA:CPU in particular:
   first maximum (int8), and the backward scatter-adds the cotangent onto it: the
   same gradient (ties go to the first tap in scan order, as select-and-scatter
   with `ge` does).
+* `dropout`: jax draws 32 random bits per element (a Threefry hash each, ~6% of
+  the FCN's CPU train step for fc6/fc7's two masks). A rate of k/2^b needs only b
+  bits: rate 0.5 takes 1 bit, so one 32-bit word decides 32 elements. Each element
+  is still dropped independently with probability exactly `rate`; the mask differs
+  from flax's nn.Dropout, its distribution does not.
 * `conv_as_matmul`: fc6 (6x6 window over 256 channels -> 4096) and the 1x1
   layers are matrix products; XLA:CPU's convolution runs fc6 far below its
   matrix-product speed. Patches are gathered by 36 slices (im2col), then one GEMM.
@@ -25,10 +30,13 @@ and gradients against each other. Why each is faster, on XLA:CPU in particular:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -121,18 +129,61 @@ def _max_pool_fwd(x, window, stride):
 def _max_pool_bwd(window, stride, res, g):
     # A scatter-add of each output cell's cotangent onto its winning tap. (As a sum
     # of k*k strided pads, XLA fuses g's producer into each pad: for pool5, fc6's
-    # 36-term col2im would be re-summed 9 times per element, ~30x slower.)
+    # 36-term col2im would be re-summed 9 times per element, ~30x slower.) One flat
+    # index per element, not (n, row, col, channel): 4x less index traffic.
     arg, shape = res
     n, oh, ow, c = arg.shape
+    _, h, w, _ = shape
+    if n * h * w * c >= 2**31:
+        raise ValueError(f"max_pool: input {shape} has 2^31 or more elements (int32 indices)")
+    i32 = functools.partial(jnp.arange, dtype=jnp.int32)
     arg = arg.astype(jnp.int32)
-    rows = stride * jnp.arange(oh, dtype=jnp.int32)[None, :, None, None] + arg // window
-    cols = stride * jnp.arange(ow, dtype=jnp.int32)[None, None, :, None] + arg % window
-    batch = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None, None, None], arg.shape)
-    chan = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32)[None, None, None, :], arg.shape)
-    return (jnp.zeros(shape, g.dtype).at[batch, rows, cols, chan].add(g),)
+    rows = stride * i32(oh)[None, :, None, None] + arg // window
+    cols = stride * i32(ow)[None, None, :, None] + arg % window
+    flat = ((i32(n)[:, None, None, None] * h + rows) * w + cols) * c + i32(c)
+    dx = jnp.zeros(n * h * w * c, g.dtype).at[flat.ravel()].add(g.ravel(), indices_are_sorted=False, unique_indices=False)
+    return (dx.reshape(shape),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# -- dropout ------------------------------------------------------------------------
+
+
+def dropout_reference(rng: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """flax nn.Dropout's formulation: one 32-bit uniform draw per element."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return lax.select(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _bits_per_element(rate: float) -> int | None:
+    """Fewest bits b (1, 2, 4 or 8) with rate * 2^b an integer, else None."""
+    for b in (1, 2, 4, 8):
+        if float(rate * 2**b).is_integer():
+            return b
+    return None
+
+
+def dropout(rng: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+    """Inverted dropout (kept values scaled by 1/(1-rate)), each element dropped
+    independently with probability `rate`; rate k/2^b costs b random bits per element."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1], got {rate}")
+    if rate == 0.0:
+        return x
+    bits = _bits_per_element(rate)
+    c = x.shape[-1] if x.ndim else 1
+    if rate >= 1.0 or bits is None or (c * bits) % 32:
+        return dropout_reference(rng, x, rate)
+    per_word = 32 // bits
+    # Words along the last axis only, so a batch-sharded x draws its shard's words.
+    words = jax.random.bits(rng, (*x.shape[:-1], c // per_word), jnp.uint32)
+    fields = (words[..., None] >> (bits * jnp.arange(per_word, dtype=jnp.uint32))) & jnp.uint32(2**bits - 1)
+    keep = fields.reshape(x.shape) >= jnp.uint32(round(rate * 2**bits))
+    return lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
 # -- convolutions as matrix products -------------------------------------------------
@@ -192,6 +243,178 @@ def _conv_mm_bwd(res, g):
 conv_as_matmul.defvjp(_conv_mm_fwd, _conv_mm_bwd)
 
 
+# -- Winograd convolution ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def winograd_matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T, G, B^T) of Winograd's F(m, r), computed exactly (rationals), as float64.
+
+    1-D correlation of d (m + r - 1 values) with g (r taps):
+    y = A^T [(G g) * (B^T d)]. Built by Toom-Cook from the points 0, 1, -1, 2, -2,
+    1/2, -1/2 (as many as needed) and infinity: G evaluates the kernel polynomial,
+    A evaluates the tile's, B^T is the transposed interpolation (Vandermonde inverse).
+    """
+    n = m + r - 1
+    pool = [Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2)]
+    if n - 1 > len(pool):
+        raise ValueError(f"F({m}, {r}) needs {n - 1} finite points; at most {len(pool)} are set up")
+    points = pool[: n - 1]
+
+    def vander(cols: int) -> list[list[Fraction]]:  # rows: points, then infinity
+        return [[p**k for k in range(cols)] for p in points] + [[Fraction(int(k == cols - 1)) for k in range(cols)]]
+
+    a, g, v = vander(m), vander(r), vander(n)
+    # Exact inverse of the n x n Vandermonde matrix by Gauss-Jordan over the rationals.
+    aug = [row + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(v)]
+    for col in range(n):
+        pivot = next(i for i in range(col, n) if aug[i][col] != 0)
+        aug[col], aug[pivot] = aug[pivot], aug[col]
+        aug[col] = [x / aug[col][col] for x in aug[col]]
+        for i in range(n):
+            if i != col and aug[i][col] != 0:
+                aug[i] = [x - aug[i][col] * y for x, y in zip(aug[i], aug[col])]
+    bt = [list(col) for col in zip(*(row[n:] for row in aug))]  # B^T = (V^-1)^T
+    # Scale point j's row of B^T to a largest entry of 1 and G's row inversely (the
+    # product is unchanged): F(2, 3)'s input transform then only adds and subtracts.
+    for j in range(n):
+        s = max(abs(x) for x in bt[j])
+        bt[j] = [x / s for x in bt[j]]
+        g[j] = [x * s for x in g[j]]
+    as_array = lambda rows: np.array([[float(x) for x in row] for row in rows], np.float64)
+    return as_array(a).T, as_array(g), as_array(bt)
+
+
+def conv_same_reference(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """Stride-1 convolution with `padding` zeros on every side (AlexNet's conv2-conv5)."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2, dimension_numbers=_NHWC)
+
+
+def _along(mat: np.ndarray, x: jax.Array, axis: int, out_axis: int) -> jax.Array:
+    """out[.., i, ..] = sum_a mat[i, a] * x[.., a, ..]: `axis` of x is contracted and
+    the result's new axis put at `out_axis`. Written as scaled slices and one stack,
+    which XLA fuses into one loop (a dot over a 4-8 long axis would run far slower)."""
+    terms = [lax.index_in_dim(x, a, axis, keepdims=False) for a in range(x.shape[axis])]
+    rows = []
+    for coefs in mat:
+        acc = None
+        for c, t in zip(coefs, terms):
+            if c != 0:
+                t = t if c == 1 else -t if c == -1 else t * np.asarray(c, t.dtype)
+                acc = t if acc is None else acc + t
+        rows.append(jnp.zeros_like(terms[0]) if acc is None else acc)
+    return jnp.stack(rows, axis=out_axis)
+
+
+def _pad_axis(x: jax.Array, axis: int, lo: int, hi: int) -> jax.Array:
+    return jnp.pad(x, [(lo, hi) if i == axis else (0, 0) for i in range(x.ndim)])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tiling:
+    """The m x m output tiles of F(m x m, r x r) on an (N, H, W, C) input: tile
+    (t, u) reads the n x n window (n = m + r - 1 <= 2m) at (m*t, m*u) of the padded
+    input. Cut into m x m blocks, the windows are two neighbouring blocks per axis:
+    window row a = q*m + s is row s of block row t + q."""
+
+    n_img: int
+    h: int
+    w: int
+    c: int
+    m: int
+    r: int
+    pad: int
+
+    @property
+    def n(self) -> int:
+        return self.m + self.r - 1
+
+    @property
+    def out(self) -> tuple[int, int]:
+        return self.h + 2 * self.pad - self.r + 1, self.w + 2 * self.pad - self.r + 1
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        return tuple(-(-o // self.m) for o in self.out)
+
+    def windows(self, x: jax.Array) -> jax.Array:
+        """(N, H, W, C) -> (N, th, n, tw, n, C): every tile's input window."""
+        m, n, (th, tw) = self.m, self.n, self.tiles
+        x = jnp.pad(x, ((0, 0), (self.pad, m * (th + 1) - self.h - self.pad), (self.pad, m * (tw + 1) - self.w - self.pad), (0, 0)))
+        blocks = x.reshape(self.n_img, th + 1, m, tw + 1, m, self.c)
+        rows = jnp.concatenate([blocks[:, :th], blocks[:, 1:, : n - m]], axis=2)
+        return jnp.concatenate([rows[:, :, :, :tw], rows[:, :, :, 1:, : n - m]], axis=4)
+
+    def windows_transpose(self, d: jax.Array) -> jax.Array:
+        """Adjoint of `windows`: adds overlapping windows back onto the input."""
+        m, n, (th, tw) = self.m, self.n, self.tiles
+        rows = _pad_axis(d[:, :, :, :, :m], 3, 0, 1) + _pad_axis(_pad_axis(d[:, :, :, :, m:], 4, 0, 2 * m - n), 3, 1, 0)
+        blocks = _pad_axis(rows[:, :, :m], 1, 0, 1) + _pad_axis(_pad_axis(rows[:, :, m:], 2, 0, 2 * m - n), 1, 1, 0)
+        x = blocks.reshape(self.n_img, m * (th + 1), m * (tw + 1), self.c)
+        return x[:, self.pad : self.pad + self.h, self.pad : self.pad + self.w]
+
+
+def _winograd_points(x: jax.Array, kernel: jax.Array, t: _Tiling, bt: np.ndarray, g: np.ndarray):
+    """Inputs and kernel at the n x n points: (n^2, tiles, C) and (n^2, C, D)."""
+    v = _along(bt, _along(bt, t.windows(x), 2, 0), 4, 1)  # (p, q, N, th, tw, C)
+    u = _along(g, _along(g, kernel, 0, 0), 1, 1)  # (p, q, C, D)
+    return v.reshape(t.n**2, -1, t.c), u.reshape(t.n**2, t.c, -1)
+
+
+def _bmm(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    return lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((0,), (0,))))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_winograd(x: jax.Array, kernel: jax.Array, padding: int, tile: int = 4) -> jax.Array:
+    """Same as `conv_same_reference` (values and gradients, up to float rounding:
+    ~1e-5 of the largest value at tile 4, ~1e-6 at tile 2), by Winograd's
+    F(tile x tile, r x r): one batched matmul of (tiles, C) @ (C, D) at each of the
+    (tile + r - 1)^2 points. At tile 4, 3x3 kernels take 1/4 of the direct
+    multiplications and 5x5 kernels 4/25. Needs r - 1 <= tile.
+
+    Exact zeros differ: an output whose input window is all zero comes out as
+    rounding noise of either sign, so at ReLU's kink (zero bias on zero padding)
+    its gradient may pass where a direct convolution's would not."""
+    return _conv_winograd_fwd(x, kernel, padding, tile)[0]
+
+
+def _tiling(x, kernel, padding, tile) -> _Tiling:
+    r = kernel.shape[0]
+    if kernel.shape[1] != r or r - 1 > tile:
+        raise ValueError(f"conv_winograd: needs a square kernel with size - 1 <= tile, got {kernel.shape[:2]} and tile {tile}")
+    return _Tiling(*x.shape, tile, r, padding)
+
+
+def _conv_winograd_fwd(x, kernel, padding, tile):
+    t = _tiling(x, kernel, padding, tile)
+    at, g, bt = winograd_matrices(t.m, t.r)
+    v, u = _winograd_points(x, kernel, t, bt, g)
+    (th, tw), (oh, ow) = t.tiles, t.out
+    prod = _bmm(v, u, (2, 1)).reshape(t.n, t.n, t.n_img, th, tw, -1)
+    y = _along(at, _along(at, prod, 0, 3), 0, 4)  # (N, th, i, tw, j, D)
+    return y.reshape(t.n_img, th * t.m, tw * t.m, -1)[:, :oh, :ow], (x, kernel)
+
+
+def _conv_winograd_bwd(padding, tile, res, dy):
+    x, kernel = res
+    t = _tiling(x, kernel, padding, tile)
+    at, g, bt = winograd_matrices(t.m, t.r)
+    v, u = _winograd_points(x, kernel, t, bt, g)  # recomputed: cheaper than keeping them
+    (th, tw), (oh, ow), m, n = t.tiles, t.out, t.m, t.n
+    d = dy.shape[-1]
+    dy = jnp.pad(dy, ((0, 0), (0, th * m - oh), (0, tw * m - ow), (0, 0))).reshape(t.n_img, th, m, tw, m, d)
+    dprod = _along(at.T, _along(at.T, dy, 2, 0), 4, 1).reshape(n * n, -1, d)  # (p, q, N, th, tw, D)
+    du = _bmm(v, dprod, (1, 1)).reshape(n, n, t.c, d)
+    dv = _bmm(dprod, u, (2, 2)).reshape(n, n, t.n_img, th, tw, t.c)
+    dk = _along(g.T, _along(g.T, du, 0, 0), 1, 1)
+    dwin = _along(bt.T, _along(bt.T, dv, 0, 3), 0, 4)  # (N, th, a, tw, b, C)
+    return t.windows_transpose(dwin).astype(x.dtype), dk.astype(kernel.dtype)
+
+
+conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
+
+
 # -- switching formulations -----------------------------------------------------------
 
 
@@ -203,14 +426,20 @@ def _upsample_reference_cropped(x, kernel, factor, crop=None):
     return y[:, sh : sh + h, sw : sw + w]
 
 
+def _conv_winograd_reference(x, kernel, padding, tile=4):
+    return conv_same_reference(x, kernel, padding)
+
+
 @contextlib.contextmanager
 def reference_ops():
     """Models traced inside this context use the straightforward formulations
-    (conv_transpose, lax convolution, reduce_window pooling): the baseline for
+    (conv_transpose, lax convolution, reduce_window pooling, flax's dropout): the baseline for
     tests and benchmarks. Not thread-safe; jit caches keyed on the model do not
     see the switch, so trace/compile inside the context."""
-    fast = {"upsample": upsample, "conv_as_matmul": conv_as_matmul, "max_pool": max_pool}
-    ref = {"upsample": _upsample_reference_cropped, "conv_as_matmul": conv_reference, "max_pool": max_pool_reference}
+    fast = {"upsample": upsample, "conv_as_matmul": conv_as_matmul, "max_pool": max_pool, "dropout": dropout,
+            "conv_winograd": conv_winograd}
+    ref = {"upsample": _upsample_reference_cropped, "conv_as_matmul": conv_reference, "max_pool": max_pool_reference,
+           "dropout": dropout_reference, "conv_winograd": _conv_winograd_reference}
     g = globals()
     g.update(ref)
     try:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from fcn_jax import geometry
+from fcn_jax import geometry, models
 from fcn_jax.models import FCN, Upsample, init_params
 
 NUM_CLASSES = 5
@@ -189,3 +190,14 @@ def test_bfloat16_computation_keeps_float32_params(params):
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(init_params(FCN(3, "8s", dtype=jnp.bfloat16), jax.random.key(0))))
     rel = float(jnp.abs(low - ref).max() / jnp.abs(ref).max())
     assert rel < 5e-2, rel
+
+
+def test_winograd_conv_has_nn_conv_parameters():
+    """Same names, shapes and initial values as nn.Conv: checkpoints and AlexNet
+    conversions do not depend on the convolution algorithm."""
+    x = jnp.zeros((1, 12, 12, 4))
+    ours = models.WinogradConv(6, 3, 1, 4).init(jax.random.key(0), x)
+    flax_conv = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1))).init(jax.random.key(0), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(flax_conv)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(flax_conv)):
+        np.testing.assert_array_equal(a, b)

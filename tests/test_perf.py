@@ -28,7 +28,12 @@ def rel(a, b) -> float:
 def backbone() -> dict:
     """conv1 ... fc7, initialised once (the costly part: 58M parameters)."""
     p = init_params(FCN(NUM_CLASSES, "8s"), jax.random.key(0))
-    return {k: v for k, v in p.items() if not k.startswith(("score_", "upscore"))}
+    # Non-zero biases, as in any trained net. With all-zero biases the zero-padded
+    # border gives activations of exactly 0, ReLU's kink, where the last rounding
+    # bit decides whether gradient passes (Winograd rounds, a direct conv gives 0).
+    rng = np.random.default_rng(7)
+    return {k: {**v, "bias": jnp.asarray(0.05 * rng.normal(size=v["bias"].shape), jnp.float32)}
+            for k, v in p.items() if not k.startswith(("score_", "upscore"))}
 
 
 def _random_params(backbone: dict, variant: str, seed: int = 0, trainable_upsampling: bool = True) -> dict:
@@ -118,6 +123,72 @@ def test_conv_as_matmul_equals_convolution_values_and_gradients(kernel_shape):
     assert rel(new, ref) < TOL
     for a, b in zip(g_new, g_ref):
         assert rel(a, b) < TOL
+
+
+@pytest.mark.parametrize("m,r", [(2, 3), (4, 3), (4, 5)])
+def test_winograd_matrices_compute_a_correlation(m, r):
+    at, g, bt = ops.winograd_matrices(m, r)
+    rng = np.random.default_rng(m * 10 + r)
+    d, k = rng.normal(size=m + r - 1), rng.normal(size=r)
+    np.testing.assert_allclose(at @ ((g @ k) * (bt @ d)), [d[i : i + r] @ k for i in range(m)], atol=1e-12)
+
+
+# Float32 rounding of Winograd's transforms, measured: ~1e-6 of the largest value
+# at tile 2, ~1e-5 at tile 4 with hundreds of channels (fewer here).
+WINOGRAD_TOL = {2: TOL, 4: 3e-5}
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("r,padding", [(3, 1), (5, 2), (3, 0)])
+@pytest.mark.parametrize("size", [(1, 1), (2, 7), (9, 6), (17, 12)])
+def test_conv_winograd_equals_convolution_values_and_gradients(tile, r, padding, size):
+    if r - 1 > tile or min(size) + 2 * padding < r:
+        pytest.skip("no such tiling / empty output")
+    kx, kk, kc = jax.random.split(jax.random.key(tile * 100 + r * 10 + padding), 3)
+    x = jax.random.normal(kx, (2, *size, 5))
+    kernel = jax.random.normal(kk, (r, r, 5, 7))
+    out = (size[0] + 2 * padding - r + 1, size[1] + 2 * padding - r + 1)
+    cot = jax.random.normal(kc, (2, *out, 7))
+
+    @jax.jit
+    def both(x, kernel):
+        fns = [lambda a, k: ops.conv_same_reference(a, k, padding), lambda a, k: ops.conv_winograd(a, k, padding, tile)]
+        return [f(x, kernel) for f in fns], [jax.grad(lambda a, k: jnp.sum(f(a, k) * cot), (0, 1))(x, kernel) for f in fns]
+
+    (ref, new), (g_ref, g_new) = both(x, kernel)
+    assert new.shape == ref.shape == (2, *out, 7)
+    assert rel(new, ref) < WINOGRAD_TOL[tile]
+    for a, b in zip(g_new, g_ref):
+        assert rel(a, b) < WINOGRAD_TOL[tile]
+
+
+def test_conv_winograd_rejects_a_kernel_wider_than_tile_plus_one():
+    with pytest.raises(ValueError, match="tile"):
+        ops.conv_winograd(jnp.zeros((1, 8, 8, 2)), jnp.zeros((5, 5, 2, 3)), 2, 2)
+
+
+@pytest.mark.parametrize("rate,channels", [(0.5, 256), (0.25, 256), (0.1, 256), (0.5, 33)])
+def test_dropout_drops_each_element_independently_with_probability_rate(rate, channels):
+    """The bit-sparing mask (rate k/2^b) and the fallback (0.1; 33 channels) alike."""
+    x = jnp.full((4, 16, 16, channels), 2.0)
+    y = np.asarray(jax.jit(ops.dropout, static_argnums=2)(jax.random.key(0), x, rate))
+    dropped = y == 0
+    assert set(np.unique(y)) <= {0.0, np.float32(2.0) / np.float32(1 - rate)}
+    n = dropped.size
+    assert abs(dropped.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+    # Neighbours along the channel axis share a random word: their masks must be independent.
+    both = (dropped[..., :-1] & dropped[..., 1:]).mean()
+    assert abs(both - rate**2) < 5 * np.sqrt(rate**2 * (1 - rate**2) / dropped[..., 1:].size)
+    np.testing.assert_array_equal(ops.dropout(jax.random.key(0), x, rate), y)  # same key, same mask
+    assert not np.array_equal(ops.dropout(jax.random.key(1), x, rate), y)
+
+
+def test_dropout_edge_rates():
+    x = jnp.ones((2, 64))
+    np.testing.assert_array_equal(ops.dropout(jax.random.key(0), x, 0.0), x)
+    np.testing.assert_array_equal(ops.dropout(jax.random.key(0), x, 1.0), jnp.zeros_like(x))
+    with pytest.raises(ValueError, match="rate"):
+        ops.dropout(jax.random.key(0), x, 1.5)
 
 
 # -- the whole model: fast ops vs reference ops ---------------------------------------
