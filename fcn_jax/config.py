@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.5
     c.model.trainable_upsampling = True
     c.model.dtype = "float32"  # bfloat16 on accelerators
+    c.model.winograd = True  # CPU float32 only: faster steps, longer compile (models.FCN)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw

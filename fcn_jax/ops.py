@@ -22,6 +22,12 @@ and gradients against each other. Why each is faster, on XLA:CPU in particular:
   bits: rate 0.5 takes 1 bit, so one 32-bit word decides 32 elements. Each element
   is still dropped independently with probability exactly `rate`; the mask differs
   from flax's nn.Dropout, its distribution does not.
+* `conv_winograd`: conv2-conv5 (5x5 and 3x3, stride 1) by Winograd's F(4x4, r x r):
+  the input and kernel are carried to (4 + r - 1)^2 points, where a convolution is
+  a product per point, so one batched matmul does 4/25 (5x5) or 1/4 (3x3) of the
+  direct multiply-adds. Costs: float32 rounding ~1e-5 of the largest value (1e-6
+  for a direct convolution), transforms that read and write memory, and a longer
+  compile (~5 s per train step). Used on CPU in float32 only (`models.WinogradConv`).
 * `conv_as_matmul`: fc6 (6x6 window over 256 channels -> 4096) and the 1x1
   layers are matrix products; XLA:CPU's convolution runs fc6 far below its
   matrix-product speed. Patches are gathered by 36 slices (im2col), then one GEMM.
@@ -373,9 +379,10 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: int, tile: int = 4) 
     (tile + r - 1)^2 points. At tile 4, 3x3 kernels take 1/4 of the direct
     multiplications and 5x5 kernels 4/25. Needs r - 1 <= tile.
 
-    Exact zeros differ: an output whose input window is all zero comes out as
-    rounding noise of either sign, so at ReLU's kink (zero bias on zero padding)
-    its gradient may pass where a direct convolution's would not."""
+    An output whose input window is all zero (the FCN's zero-padded border) is set
+    to exactly 0, as a direct convolution gives: the transforms would leave rounding
+    noise of either sign there, and a following ReLU (with zero bias, as at
+    initialisation) would pass or block its gradient by that sign."""
     return _conv_winograd_fwd(x, kernel, padding, tile)[0]
 
 
@@ -393,7 +400,12 @@ def _conv_winograd_fwd(x, kernel, padding, tile):
     (th, tw), (oh, ow) = t.tiles, t.out
     prod = _bmm(v, u, (2, 1)).reshape(t.n, t.n, t.n_img, th, tw, -1)
     y = _along(at, _along(at, prod, 0, 3), 0, 4)  # (N, th, i, tw, j, D)
-    return y.reshape(t.n_img, th * t.m, tw * t.m, -1)[:, :oh, :ow], (x, kernel)
+    y = y.reshape(t.n_img, th * t.m, tw * t.m, -1)[:, :oh, :ow]
+    # Forward only: the gradient stays the convolution's (which does not depend on y).
+    nonzero = jnp.any(x != 0, axis=-1, keepdims=True).astype(x.dtype)
+    live = lax.reduce_window(nonzero, np.asarray(0, x.dtype), lax.max, (1, t.r, t.r, 1), (1, 1, 1, 1),
+                             [(0, 0), (padding, padding), (padding, padding), (0, 0)])
+    return jnp.where(live > 0, y, 0), (x, kernel)
 
 
 def _conv_winograd_bwd(padding, tile, res, dy):

@@ -84,7 +84,8 @@ def _sync(name: str) -> None:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FCN:
     m = config.model
-    return FCN(num_classes, m.variant, dropout_rate=m.dropout_rate, trainable_upsampling=m.trainable_upsampling, dtype=jnp.dtype(m.dtype))
+    return FCN(num_classes, m.variant, dropout_rate=m.dropout_rate, trainable_upsampling=m.trainable_upsampling,
+               dtype=jnp.dtype(m.dtype), winograd=m.get("winograd", True))
 
 
 def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array) -> dict:

@@ -28,12 +28,7 @@ def rel(a, b) -> float:
 def backbone() -> dict:
     """conv1 ... fc7, initialised once (the costly part: 58M parameters)."""
     p = init_params(FCN(NUM_CLASSES, "8s"), jax.random.key(0))
-    # Non-zero biases, as in any trained net. With all-zero biases the zero-padded
-    # border gives activations of exactly 0, ReLU's kink, where the last rounding
-    # bit decides whether gradient passes (Winograd rounds, a direct conv gives 0).
-    rng = np.random.default_rng(7)
-    return {k: {**v, "bias": jnp.asarray(0.05 * rng.normal(size=v["bias"].shape), jnp.float32)}
-            for k, v in p.items() if not k.startswith(("score_", "upscore"))}
+    return {k: v for k, v in p.items() if not k.startswith(("score_", "upscore"))}
 
 
 def _random_params(backbone: dict, variant: str, seed: int = 0, trainable_upsampling: bool = True) -> dict:
@@ -160,6 +155,18 @@ def test_conv_winograd_equals_convolution_values_and_gradients(tile, r, padding,
     assert rel(new, ref) < WINOGRAD_TOL[tile]
     for a, b in zip(g_new, g_ref):
         assert rel(a, b) < WINOGRAD_TOL[tile]
+
+
+def test_conv_winograd_gives_exact_zeros_where_the_input_window_is_all_zero():
+    """As a direct convolution does: the FCN's zero border must stay at ReLU's kink
+    exactly, not at rounding noise of either sign."""
+    x = jnp.zeros((1, 20, 20, 4)).at[:, 2:9, 3:11].set(jax.random.normal(jax.random.key(0), (1, 7, 8, 4)))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 6))
+    ref = np.asarray(ops.conv_same_reference(x, kernel, 1))
+    got = np.asarray(ops.conv_winograd(x, kernel, 1, 4))
+    assert (ref == 0).sum() > 200
+    np.testing.assert_array_equal(got[ref == 0], 0.0)
+    assert rel(got, ref) < WINOGRAD_TOL[4]
 
 
 def test_conv_winograd_rejects_a_kernel_wider_than_tile_plus_one():

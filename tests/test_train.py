@@ -31,6 +31,12 @@ TINY = [
     "--config.data.eval_split=",
     "--config.optimizer.name=sgd",
     "--config.optimizer.learning_rate=1e-3",
+    # XLA's direct convolution: per-example results then do not depend on how a batch
+    # is split over processes or devices, which the equivalence tests below check to
+    # 1e-5. (With Winograd, rounding breaks the exact ties of the constant padded
+    # border differently, and max-pool routes gradient to another tap.) Winograd
+    # training is covered by test_a_few_steps_lower_the_loss and tests/test_perf.py.
+    "--config.model.winograd=False",
 ]
 
 
