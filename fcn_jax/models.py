@@ -221,8 +221,8 @@ class FCN(nn.Module):
     dropout_rate: float = 0.5
     trainable_upsampling: bool = True
     dtype: Dtype = jnp.float32
-    # conv2-conv5 by Winograd on CPU in float32 (WinogradConv): ~20% faster steps,
-    # ~5 s longer compiles, rounding that is not bitwise independent of how a batch
+    # conv2-conv5 by Winograd on CPU in float32 (WinogradConv): 15-20% faster steps,
+    # ~6 s longer compiles, rounding that is not bitwise independent of how a batch
     # is split across devices. False: XLA's convolution everywhere.
     winograd: bool = True
 

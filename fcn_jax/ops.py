@@ -27,7 +27,7 @@ and gradients against each other. Why each is faster, on XLA:CPU in particular:
   a product per point, so one batched matmul does 4/25 (5x5) or 1/4 (3x3) of the
   direct multiply-adds. Costs: float32 rounding ~1e-5 of the largest value (1e-6
   for a direct convolution), transforms that read and write memory, and a longer
-  compile (~5 s per train step). Used on CPU in float32 only (`models.WinogradConv`).
+  compile (~6 s per train step). Used on CPU in float32 only (`models.WinogradConv`).
 * `conv_as_matmul`: fc6 (6x6 window over 256 channels -> 4096) and the 1x1
   layers are matrix products; XLA:CPU's convolution runs fc6 far below its
   matrix-product speed. Patches are gathered by 36 slices (im2col), then one GEMM.
