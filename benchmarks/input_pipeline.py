@@ -30,14 +30,23 @@ import time
 import numpy as np
 
 
-def time_pipeline(data_dir, batch: int, steps: int, warmup: int, threads: int | None,
-                  fast: bool = False) -> float:
+def time_pipeline(
+    data_dir, batch: int, steps: int, warmup: int, threads: int | None, fast: bool = False
+) -> float:
     """images/s of TrainLoader; fast: decoded-example cache (after a first epoch) + uint8 output."""
     from fcn_jax import data
 
-    loader = data.TrainLoader(data_dir, global_batch_size=batch, crop_size=(360, 480),
-                              scale_range=(0.75, 1.25), flip=True, seed=0, num_threads=threads,
-                              cache=fast, normalize=not fast)
+    loader = data.TrainLoader(
+        data_dir,
+        global_batch_size=batch,
+        crop_size=(360, 480),
+        scale_range=(0.75, 1.25),
+        flip=True,
+        seed=0,
+        num_threads=threads,
+        cache=fast,
+        normalize=not fast,
+    )
     for _ in range(loader.steps_per_epoch if fast else warmup):  # fast: fill the cache first
         next(loader)
     start = time.perf_counter()
@@ -55,11 +64,13 @@ def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
     from fcn_jax.models import FCN
 
     meta = data.load_meta(data_dir)
-    loader = data.TrainLoader(data_dir, global_batch_size=batch, crop_size=(360, 480), seed=0,
-                              process_index=0, process_count=1)
+    loader = data.TrainLoader(
+        data_dir, global_batch_size=batch, crop_size=(360, 480), seed=0, process_index=0, process_count=1
+    )
     model = FCN(meta.num_classes, "8s")
-    tx, _ = training.make_optimizer({"name": "sgd", "learning_rate": 1e-4, "decay_steps": 1000,
-                                     "bias_lr_mult": 2.0, "weight_decay": 5e-4})
+    tx, _ = training.make_optimizer(
+        {"name": "sgd", "learning_rate": 1e-4, "decay_steps": 1000, "bias_lr_mult": 2.0, "weight_decay": 5e-4}
+    )
     mesh = training.data_mesh()
     step, _ = training.compile_steps(mesh, model, tx, meta.ignore_index, data.class_weights(data_dir))
     state = training.init_state(model, tx, jax.random.PRNGKey(0))
@@ -78,7 +89,9 @@ def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="prepared dataset dir (default: prepare CamVid to a temp dir)")
+    p.add_argument(
+        "--data", default=None, help="prepared dataset dir (default: prepare CamVid to a temp dir)"
+    )
     p.add_argument("--source", default=None, help="CamVid folder to prepare (default: fcn_jax's default)")
     p.add_argument("--batch", type=int, default=8, help="pipeline batch size")
     p.add_argument("--steps", type=int, default=40, help="pipeline batches to time")
@@ -86,8 +99,11 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=None, help="train step batch (default --batch)")
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--fast", action="store_true",
-                   help="also time TrainLoader(cache=True, normalize=False) (fills the cache first)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="also time TrainLoader(cache=True, normalize=False) (fills the cache first)",
+    )
     args = p.parse_args(argv)
 
     from fcn_jax import data
@@ -114,8 +130,10 @@ def main(argv=None) -> int:
         tb = args.train_batch or args.batch
         train = time_train_step(data_dir, tb, args.train_steps, warmup=2)
         dev = jax.devices()[0]
-        print(f"train step     : {train:8.1f} images/s  (FCN-8s AlexNet, batch {tb}, "
-              f"{dev.platform}: {dev.device_kind})")
+        print(
+            f"train step     : {train:8.1f} images/s  (FCN-8s AlexNet, batch {tb}, "
+            f"{dev.platform}: {dev.device_kind})"
+        )
         ratio = pipe / train
         print(f"ratio pipeline/train step: {ratio:.1f}x  (target >= 3x: {'OK' if ratio >= 3 else 'BELOW'})")
     finally:

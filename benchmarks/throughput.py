@@ -52,9 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--impl", choices=("fast", "reference"), default="fast",
-                   help="reference: trace the model with fcn_jax.ops.reference_ops() (the straightforward "
-                        "conv_transpose / conv / reduce_window formulation: the v0 baseline)")
+    p.add_argument(
+        "--impl",
+        choices=("fast", "reference"),
+        default="fast",
+        help="reference: trace the model with fcn_jax.ops.reference_ops() (the straightforward "
+        "conv_transpose / conv / reduce_window formulation: the v0 baseline)",
+    )
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak for MFU")
     return p.parse_args(argv)
 
@@ -90,15 +94,26 @@ class JaxSide:
         self.jax = jax
         dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
         self.model = FCN(args.num_classes, variant, dtype=dtype)
-        tx, _ = training.make_optimizer({"name": "sgd", "learning_rate": 1e-4, "momentum": 0.9,
-                                         "schedule": "constant", "decay_steps": 1, "bias_lr_mult": 2.0})
+        tx, _ = training.make_optimizer(
+            {
+                "name": "sgd",
+                "learning_rate": 1e-4,
+                "momentum": 0.9,
+                "schedule": "constant",
+                "decay_steps": 1,
+                "bias_lr_mult": 2.0,
+            }
+        )
         state = training.init_state(self.model, tx, jax.random.key(0))
         # Non-zero score layers, so every layer's gradient is a real one.
         params = dict(state.params)
         for name in params:
             if name.startswith("score_"):
                 k = params[name]["kernel"]
-                params[name] = {**params[name], "kernel": 1e-3 * jax.random.normal(jax.random.key(1), k.shape)}
+                params[name] = {
+                    **params[name],
+                    "kernel": 1e-3 * jax.random.normal(jax.random.key(1), k.shape),
+                }
         state = training.init_state(self.model, tx, jax.random.key(0), params=params)
         self.params = jax.tree.map(np.asarray, state.params)  # host copy for the torch twin
         mesh = training.data_mesh(jax.devices()[:1])
@@ -115,7 +130,7 @@ class JaxSide:
         self.compiled, self.compile_s = {}, {}
         from fcn_jax import ops
 
-        with (ops.reference_ops() if args.impl == "reference" else contextlib.nullcontext()):
+        with ops.reference_ops() if args.impl == "reference" else contextlib.nullcontext():
             t = time.perf_counter()
             self.compiled["train"] = train.lower(self.state, self.batch).compile()
             self.compile_s["train"] = time.perf_counter() - t
@@ -127,8 +142,10 @@ class JaxSide:
         with ops.reference_ops():
             ref_train, _ = training.compile_steps(mesh, self.model, tx, IGNORE)
             ref_infer = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
-            self.model_flops = {"train": _flops(ref_train.lower(self.state, self.batch)),
-                                "infer": _flops(ref_infer.lower(self.infer_params, self.batch["image"]))}
+            self.model_flops = {
+                "train": _flops(ref_train.lower(self.state, self.batch)),
+                "infer": _flops(ref_infer.lower(self.infer_params, self.batch["image"])),
+            }
 
     def flops(self, mode) -> float:
         """FLOPs the compiled program executes (fewer than the model's with Winograd)."""
@@ -138,7 +155,9 @@ class JaxSide:
         m = self.compiled[mode].memory_analysis()
         if m is None:
             return float("nan")
-        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        total = (
+            m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        )
         return total / 2**20
 
     def step(self, mode) -> float:
@@ -157,7 +176,6 @@ class JaxSide:
 class TorchSide:
     def __init__(self, variant, args, images, labels, params, device):
         import torch
-
         from torch_twin import TorchFCN, load_flax_fcn_params
 
         self.torch, self.device = torch, device
@@ -238,16 +256,21 @@ def main(argv=None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     dev, torch_note = torch_device(backend, args.no_torch)
-    print(f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}), {cores()} cores; "
-          f"PyTorch: {torch_note}; {args.height}x{args.width}, batch {args.batch_size}, {args.dtype}, "
-          f"{args.num_classes} classes, {args.impl} ops; {args.steps} alternating rounds after {args.warmup} warm-up")
+    print(
+        f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}), {cores()} cores; "
+        f"PyTorch: {torch_note}; {args.height}x{args.width}, batch {args.batch_size}, {args.dtype}, "
+        f"{args.num_classes} classes, {args.impl} ops; "
+        f"{args.steps} alternating rounds after {args.warmup} warm-up"
+    )
     load0 = os.getloadavg()
     peak, peak_how = measured_peak(backend)
     print(f"measured peak (estimate): {peak / 1e9:.1f} GFLOP/s from a {peak_how}")
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(args.batch_size, args.height, args.width, 3)).astype(np.float32)
-    labels = rng.integers(0, args.num_classes, size=(args.batch_size, args.height, args.width)).astype(np.int32)
+    labels = rng.integers(0, args.num_classes, size=(args.batch_size, args.height, args.width)).astype(
+        np.int32
+    )
     labels[:, :8] = IGNORE
 
     rows = []
@@ -269,12 +292,20 @@ def main(argv=None) -> int:
             jt = statistics.median(times["jax"])
             tt = statistics.median(times["torch"]) if times["torch"] else float("nan")
             flops = js.flops(mode)
-            row = dict(variant=variant, mode=mode, jax=args.batch_size / jt, torch=args.batch_size / tt,
-                       compile=js.compile_s[mode], gflop_img=flops / args.batch_size / 1e9,
-                       model_gflop_img=js.model_flops[mode] / args.batch_size / 1e9,
-                       achieved=flops / jt, model_rate=js.model_flops[mode] / jt, xla_mb=js.memory_mb(mode),
-                       jax_ms=[round(t * 1e3) for t in times["jax"]],
-                       torch_ms=[round(t * 1e3) for t in times["torch"]])
+            row = dict(
+                variant=variant,
+                mode=mode,
+                jax=args.batch_size / jt,
+                torch=args.batch_size / tt,
+                compile=js.compile_s[mode],
+                gflop_img=flops / args.batch_size / 1e9,
+                model_gflop_img=js.model_flops[mode] / args.batch_size / 1e9,
+                achieved=flops / jt,
+                model_rate=js.model_flops[mode] / jt,
+                xla_mb=js.memory_mb(mode),
+                jax_ms=[round(t * 1e3) for t in times["jax"]],
+                torch_ms=[round(t * 1e3) for t in times["torch"]],
+            )
             rows.append(row)
             print(f"{variant} {mode}: fcn_jax ms {row['jax_ms']}  torch ms {row['torch_ms']}", flush=True)
         del js, ts
@@ -283,19 +314,32 @@ def main(argv=None) -> int:
     peak_dev = stats.get("peak_bytes_in_use")
     print()
     print("model GFLOP: the direct formulation's work (what PyTorch executes); executed: after Winograd etc.")
-    print(f"| variant | mode | fcn_jax img/s | PyTorch img/s | ratio | compile s | model GFLOP/img | executed GFLOP/img "
-          "| executed GFLOP/s | % of measured peak | model GFLOP/s" + (" | bf16 MFU" if backend == "gpu" else "") + " | XLA MiB |")
+    print(
+        "| variant | mode | fcn_jax img/s | PyTorch img/s | ratio | compile s | model GFLOP/img "
+        "| executed GFLOP/img "
+        "| executed GFLOP/s | % of measured peak | model GFLOP/s"
+        + (" | bf16 MFU" if backend == "gpu" else "")
+        + " | XLA MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---" + ("|---" if backend == "gpu" else "") + "|---|")
     for r in rows:
         ratio = r["jax"] / r["torch"] if r["torch"] == r["torch"] else float("nan")
         mfu = f" | {100 * r['model_rate'] / (args.peak_tflops * 1e12):.1f}%" if backend == "gpu" else ""
-        print(f"| {r['variant']} | {r['mode']} | {r['jax']:.2f} | {r['torch']:.2f} | {ratio:.2f}x | {r['compile']:.1f} "
-              f"| {r['model_gflop_img']:.1f} | {r['gflop_img']:.1f} | {r['achieved'] / 1e9:.1f} | {100 * r['achieved'] / peak:.0f}% "
-              f"| {r['model_rate'] / 1e9:.1f}{mfu} | {r['xla_mb']:.0f} |")
+        print(
+            f"| {r['variant']} | {r['mode']} | {r['jax']:.2f} | {r['torch']:.2f} | {ratio:.2f}x "
+            f"| {r['compile']:.1f} | {r['model_gflop_img']:.1f} | {r['gflop_img']:.1f} "
+            f"| {r['achieved'] / 1e9:.1f} | {100 * r['achieved'] / peak:.0f}% "
+            f"| {r['model_rate'] / 1e9:.1f}{mfu} | {r['xla_mb']:.0f} |"
+        )
     load1 = os.getloadavg()
-    print(f"1-min load average at start / end: {load0[0]:.1f} / {load1[0]:.1f} (on {cores()} cores; >0.5 means other work shared the machine)")
-    print(f"process RSS high-water mark (both frameworks): {rss_mb():.0f} MiB"
-          + (f"; jax device peak_bytes_in_use {peak_dev / 2**20:.0f} MiB" if peak_dev else ""))
+    print(
+        f"1-min load average at start / end: {load0[0]:.1f} / {load1[0]:.1f} "
+        f"(on {cores()} cores; >0.5 means other work shared the machine)"
+    )
+    print(
+        f"process RSS high-water mark (both frameworks): {rss_mb():.0f} MiB"
+        + (f"; jax device peak_bytes_in_use {peak_dev / 2**20:.0f} MiB" if peak_dev else "")
+    )
     return 0
 
 

@@ -86,7 +86,9 @@ class TorchFCN(nn.Module):
     Input: normalised images (N, 3, H, W); output: logits (N, C, H, W).
     """
 
-    def __init__(self, num_classes: int, variant: str = "32s", dropout: float = 0.5, trainable_upsampling: bool = True):
+    def __init__(
+        self, num_classes: int, variant: str = "32s", dropout: float = 0.5, trainable_upsampling: bool = True
+    ):
         super().__init__()
         from fcn_jax import geometry
         from fcn_jax.models import CHANNELS
@@ -147,9 +149,18 @@ class TorchFCN(nn.Module):
 
 
 # fcn_jax FCN layer name -> TorchFCN module path.
-_FLAX_TO_TORCH_FCN = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
-                      "conv4": "features.8", "conv5": "features.10", "fc6": "fc6", "fc7": "fc7",
-                      "score_fr": "score_fr", "score_pool2": "skips.score_pool2", "score_pool1": "skips.score_pool1"}
+_FLAX_TO_TORCH_FCN = {
+    "conv1": "features.0",
+    "conv2": "features.3",
+    "conv3": "features.6",
+    "conv4": "features.8",
+    "conv5": "features.10",
+    "fc6": "fc6",
+    "fc7": "fc7",
+    "score_fr": "score_fr",
+    "score_pool2": "skips.score_pool2",
+    "score_pool1": "skips.score_pool1",
+}
 
 
 def load_flax_fcn_params(model: TorchFCN, params) -> TorchFCN:

@@ -1,7 +1,7 @@
 """FCN-8s on CamVid: staged from a trained FCN-16s (the paper's recipe) or at once.
 
-  fcn-jax train --config experiments/camvid_fcn8s.py --workdir runs/camvid_fcn8s          # staged
-  fcn-jax train --config experiments/camvid_fcn8s.py:atonce --workdir runs/camvid_fcn8s_atonce
+fcn-jax train --config experiments/camvid_fcn8s.py --workdir runs/camvid_fcn8s          # staged
+fcn-jax train --config experiments/camvid_fcn8s.py:atonce --workdir runs/camvid_fcn8s_atonce
 """
 
 from pathlib import Path

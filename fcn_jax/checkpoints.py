@@ -62,8 +62,16 @@ class Checkpointer:
                     ),
                 )
             except Exception as e:  # orbax raises many types for unreadable data
-                log.warning("checkpoint step %d in %s is damaged, trying an older one: %s", step, self.latest.directory, e)
-                print(f"warning: skipping damaged checkpoint {self.latest.directory}/{step}: {type(e).__name__}: {e}")
+                log.warning(
+                    "checkpoint step %d in %s is damaged, trying an older one: %s",
+                    step,
+                    self.latest.directory,
+                    e,
+                )
+                print(
+                    f"warning: skipping damaged checkpoint {self.latest.directory}/{step}: "
+                    f"{type(e).__name__}: {e}"
+                )
                 continue
             return restored.state, dict(restored.meta), step
         return None
@@ -126,7 +134,9 @@ def _resolve_step_dir(path: Path) -> tuple[Path, Path, int]:
         raise FileNotFoundError(f"{path} has no checkpoint under {BEST}/ or {LATEST}/")
     if path.name.isdigit() and (path.parent.parent / "config.json").is_file():
         return path.parent.parent, path.parent, int(path.name)
-    raise FileNotFoundError(f"{path} is neither a run directory (with config.json) nor a checkpoint step directory in one")
+    raise FileNotFoundError(
+        f"{path} is neither a run directory (with config.json) nor a checkpoint step directory in one"
+    )
 
 
 def load_params(path: str | Path) -> tuple[dict, dict, int]:
@@ -139,7 +149,8 @@ def load_params(path: str | Path) -> tuple[dict, dict, int]:
         # Restore onto this process's first device, whatever topology saved it.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), mgr.item_metadata(step)["state"]
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            mgr.item_metadata(step)["state"],
         )
         restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     state = restored.state

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import flax
 import jax
@@ -96,14 +97,18 @@ def alexnet_from_torch(state_dict: Mapping[str, Any]) -> dict:
     }
 
 
-def fcn_from_alexnet(alexnet_params: Mapping, num_classes: int, variant: str, rng: jax.Array, **model_kwargs) -> dict:
+def fcn_from_alexnet(
+    alexnet_params: Mapping, num_classes: int, variant: str, rng: jax.Array, **model_kwargs
+) -> dict:
     """FCN params: conv1-5, fc6 and fc7 from AlexNet; score and upsampling layers initialised fresh."""
     params = flax.core.unfreeze(init_params(FCN(num_classes, variant, **model_kwargs), rng))
     for layer in TRANSPLANTED:
         for name, value in alexnet_params[layer].items():
             value = np.asarray(value, np.float32)
             if value.shape != params[layer][name].shape:
-                raise ValueError(f"{layer}.{name}: shape {value.shape}, FCN expects {params[layer][name].shape}")
+                raise ValueError(
+                    f"{layer}.{name}: shape {value.shape}, FCN expects {params[layer][name].shape}"
+                )
             params[layer][name] = value
     return jax.tree.map(np.asarray, params)
 
@@ -113,7 +118,9 @@ def fcn_from_alexnet(alexnet_params: Mapping, num_classes: int, variant: str, rn
 
 def params_to_bytes(params: Mapping) -> bytes:
     """Deterministic msgpack bytes (float32 numpy leaves): the checksum is reproducible."""
-    return flax.serialization.msgpack_serialize(jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params)))
+    return flax.serialization.msgpack_serialize(
+        jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
+    )
 
 
 def checksum(data: bytes) -> str:

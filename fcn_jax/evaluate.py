@@ -42,8 +42,9 @@ def check_split(data_dir, split: str):
     meta = data.load_meta(data_dir)
     if split not in meta.splits:
         have = ", ".join(f"{k} ({n} images)" for k, n in meta.splits.items()) or "none"
-        raise SplitNotFound(f"{meta.data_dir}: the prepared dataset has no split {split!r}; "
-                            f"available: {have}")
+        raise SplitNotFound(
+            f"{meta.data_dir}: the prepared dataset has no split {split!r}; available: {have}"
+        )
     return meta
 
 
@@ -57,8 +58,17 @@ def num_batches(data_dir, split: str, global_batch_size: int) -> int:
     return sum(math.ceil(n / global_batch_size) for n in sizes.values())
 
 
-def confusion(model, params: Any, data_dir, split: str = "val", batch_size: int = 4,
-              mesh: Mesh | None = None, *, progress: bool = True, num_threads: int | None = None) -> np.ndarray:
+def confusion(
+    model,
+    params: Any,
+    data_dir,
+    split: str = "val",
+    batch_size: int = 4,
+    mesh: Mesh | None = None,
+    *,
+    progress: bool = True,
+    num_threads: int | None = None,
+) -> np.ndarray:
     """The (C, C) int64 confusion matrix of `split` (rows truth, columns prediction)."""
     from tqdm import tqdm
 
@@ -67,16 +77,26 @@ def confusion(model, params: Any, data_dir, split: str = "val", batch_size: int 
     meta = check_split(data_dir, split)
     mesh = training.data_mesh() if mesh is None else mesh
     if batch_size < 1 or batch_size % mesh.size:
-        raise ValueError(f"batch size {batch_size} must be a positive multiple of the number of "
-                         f"devices in the mesh ({mesh.size})")
+        raise ValueError(
+            f"batch size {batch_size} must be a positive multiple of the number of "
+            f"devices in the mesh ({mesh.size})"
+        )
     if batch_size % jax.process_count():
-        raise ValueError(f"batch size {batch_size} must be a multiple of the process count {jax.process_count()}")
+        raise ValueError(
+            f"batch size {batch_size} must be a multiple of the process count {jax.process_count()}"
+        )
     step = _compiled_eval(model, meta.ignore_index, mesh)
     params = jax.device_put(params, NamedSharding(mesh, P()))
     total = np.zeros((meta.num_classes, meta.num_classes), np.int64)
     pending: list[jax.Array] = []  # fetch one batch late, so the host does not stall the device
-    bar = tqdm(total=num_batches(data_dir, split, batch_size), desc=f"eval {split}", unit="batch",
-               disable=not progress or jax.process_index() != 0, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=num_batches(data_dir, split, batch_size),
+        desc=f"eval {split}",
+        unit="batch",
+        disable=not progress or jax.process_index() != 0,
+        dynamic_ncols=True,
+        leave=False,
+    )
     try:
         for batch in data.eval_batches(data_dir, split, batch_size, num_threads=num_threads):
             batch = data.to_global({k: batch[k] for k in ("image", "label", "valid")}, mesh)
@@ -91,15 +111,24 @@ def confusion(model, params: Any, data_dir, split: str = "val", batch_size: int 
     return total
 
 
-def evaluate(model, params: Any, data_dir, split: str = "val", batch_size: int = 4,
-             mesh: Mesh | None = None, *, progress: bool = True,
-             num_threads: int | None = None) -> metrics_lib.SegmentationMetrics:
+def evaluate(
+    model,
+    params: Any,
+    data_dir,
+    split: str = "val",
+    batch_size: int = 4,
+    mesh: Mesh | None = None,
+    *,
+    progress: bool = True,
+    num_threads: int | None = None,
+) -> metrics_lib.SegmentationMetrics:
     """Metrics of `model` with `params` on every image of `split` (void pixels ignored).
 
     `batch_size` is global (over all devices and processes) and must be a multiple of the
     mesh size. Raises SplitNotFound (listing the available splits) for a missing split.
     """
     meta = check_split(data_dir, split)
-    hist = confusion(model, params, data_dir, split, batch_size, mesh, progress=progress,
-                     num_threads=num_threads)
+    hist = confusion(
+        model, params, data_dir, split, batch_size, mesh, progress=progress, num_threads=num_threads
+    )
     return metrics_lib.compute_metrics(hist, meta.class_names)

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,8 +87,17 @@ def normalization_table() -> np.ndarray:
     return normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))
 
 
-def export_model(model, params, meta, out, height: int, width: int, batch: int | None = None,
-                 output: str = "both", platforms: Sequence[str] = ("cpu", "cuda")) -> dict:
+def export_model(
+    model,
+    params,
+    meta,
+    out,
+    height: int,
+    width: int,
+    batch: int | None = None,
+    output: str = "both",
+    platforms: Sequence[str] = ("cpu", "cuda"),
+) -> dict:
     """Write the artifact, its weights and its sidecar (see the module doc); returns the sidecar."""
     import jax
     import jax.numpy as jnp
@@ -119,8 +129,10 @@ def export_model(model, params, meta, out, height: int, width: int, batch: int |
     out.write_bytes(exported.serialize())
     np.savez(weights_path(out), **flat)
     c = int(model.num_classes)
-    shapes = {"labels": {"shape": [batch, height, width], "dtype": "int32"},
-              "logits": {"shape": [batch, height, width, c], "dtype": "float32"}}
+    shapes = {
+        "labels": {"shape": [batch, height, width], "dtype": "int32"},
+        "logits": {"shape": [batch, height, width, c], "dtype": "float32"},
+    }
     from fcn_jax.data import IMAGENET_MEAN, IMAGENET_STD
 
     side = {
@@ -128,10 +140,15 @@ def export_model(model, params, meta, out, height: int, width: int, batch: int |
         "artifact": out.name,
         "weights": weights_path(out).name,
         "weights_sha256": _sha256(weights_path(out)),
-        "input": {"shape": [batch, height, width, 3], "dtype": "uint8", "layout": "NHWC, RGB",
-                  "normalization": "inside the artifact: (x / 255 - mean) / std per channel",
-                  "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
-                  "batch": "any (symbolic)" if batch is None else batch},
+        "input": {
+            "shape": [batch, height, width, 3],
+            "dtype": "uint8",
+            "layout": "NHWC, RGB",
+            "normalization": "inside the artifact: (x / 255 - mean) / std per channel",
+            "mean": IMAGENET_MEAN.tolist(),
+            "std": IMAGENET_STD.tolist(),
+            "batch": "any (symbolic)" if batch is None else batch,
+        },
         "output": output,
         "outputs": shapes if output == "both" else {output: shapes[output]},
         "call": "exported.call(params, images), params = weights unflattened on '/'",
@@ -162,14 +179,18 @@ class ExportedSegmenter:
         path = Path(path)
         for p in (path, sidecar_path(path), weights_path(path)):
             if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing (an export writes the artifact, "
-                                        f"{sidecar_path(path).name} and {weights_path(path).name})")
+                raise FileNotFoundError(
+                    f"{p}: missing (an export writes the artifact, "
+                    f"{sidecar_path(path).name} and {weights_path(path).name})"
+                )
         self.meta = json.loads(sidecar_path(path).read_text())
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{sidecar_path(path)}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
         if verify and _sha256(weights_path(path)) != self.meta["weights_sha256"]:
-            raise ValueError(f"{weights_path(path)}: checksum does not match {sidecar_path(path).name}; "
-                             "the weights belong to another export or are damaged")
+            raise ValueError(
+                f"{weights_path(path)}: checksum does not match {sidecar_path(path).name}; "
+                "the weights belong to another export or are damaged"
+            )
         self.exported = jax_export.deserialize(bytearray(path.read_bytes()))
         with np.load(weights_path(path)) as w:
             self.params = jax.device_put(unflatten_params({k: w[k] for k in w.files}))
@@ -183,8 +204,10 @@ class ExportedSegmenter:
         if single:
             images = images[None]
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (self.height, self.width, 3):
-            raise ValueError(f"expected uint8 images (B, {self.height}, {self.width}, 3) as exported, "
-                             f"got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"expected uint8 images (B, {self.height}, {self.width}, 3) as exported, "
+                f"got {images.dtype} {images.shape}"
+            )
         out = self._call(self.params, images)
         import jax
 

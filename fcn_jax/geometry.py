@@ -18,8 +18,8 @@ All values are plain Python ints, computed at trace time from static shapes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +69,16 @@ class Grid:
     stride: Fraction
     size: int
 
-    def through(self, w: Window) -> "Grid":
+    def through(self, w: Window) -> Grid:
         size = (self.size + 2 * w.padding - w.kernel) // w.stride + 1
         offset = self.offset + self.stride * (Fraction(w.kernel - 1, 2) - w.padding)
         return Grid(offset, self.stride * w.stride, size)
 
-    def upsampled(self, factor: int) -> "Grid":
+    def upsampled(self, factor: int) -> Grid:
         """The part of a stride-`factor` transposed conv output between the first and last input cells."""
         return Grid(self.offset, self.stride / factor, (self.size - 1) * factor + 1)
 
-    def start_of(self, other: "Grid") -> int:
+    def start_of(self, other: Grid) -> int:
         """Index of this grid's cell that coincides with `other`'s first cell."""
         if self.stride != other.stride:
             raise ValueError(f"cannot align grids of strides {self.stride} and {other.stride}")

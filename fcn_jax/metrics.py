@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class SegmentationMetrics:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SegmentationMetrics":
+    def from_dict(cls, d: dict) -> SegmentationMetrics:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in fields})
 
@@ -136,17 +136,26 @@ def format_table(m: SegmentationMetrics, title: str | None = None) -> str:
     lines.append(f"{'class':<{width}}  {'IoU %':>6}  {'acc %':>6}  {'pixels %':>8}")
     lines.append("-" * (width + 28))
     for i, n in enumerate(names):
-        note = "  (absent: not in means)" if n in m.excluded_classes else (
-            "  (not in truth)" if n in m.absent_from_truth else "")
-        lines.append(f"{n:<{width}}  {_pct(m.per_class_iou[n])}  {_pct(m.per_class_accuracy[n])}  "
-                     f"{100.0 * truth[i] / total:8.2f}{note}")
+        note = (
+            "  (absent: not in means)"
+            if n in m.excluded_classes
+            else ("  (not in truth)" if n in m.absent_from_truth else "")
+        )
+        lines.append(
+            f"{n:<{width}}  {_pct(m.per_class_iou[n])}  {_pct(m.per_class_accuracy[n])}  "
+            f"{100.0 * truth[i] / total:8.2f}{note}"
+        )
     lines.append("-" * (width + 28))
-    for label, key in (("mean IoU", "miou"), ("pixel accuracy", "pixel_accuracy"),
-                       ("mean class accuracy", "mean_class_accuracy"),
-                       ("frequency-weighted IoU", "fw_iou")):
+    for label, key in (
+        ("mean IoU", "miou"),
+        ("pixel accuracy", "pixel_accuracy"),
+        ("mean class accuracy", "mean_class_accuracy"),
+        ("frequency-weighted IoU", "fw_iou"),
+    ):
         lines.append(f"{label:<{width}}  {_pct(getattr(m, key))}")
     lines.append(f"{'labelled pixels':<{width}}  {m.num_pixels:,}")
     if m.excluded_classes:
-        lines.append(f"excluded from the means (absent from truth and prediction): "
-                     f"{', '.join(m.excluded_classes)}")
+        lines.append(
+            f"excluded from the means (absent from truth and prediction): {', '.join(m.excluded_classes)}"
+        )
     return "\n".join(lines)

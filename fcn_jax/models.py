@@ -70,7 +70,10 @@ class WinogradConv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if jnp.dtype(self.dtype) == jnp.float32:
             y = jax.lax.platform_dependent(
-                x, kernel, cpu=lambda x, w: ops.conv_winograd(x, w, p, self.tile), default=lambda x, w: ops.conv_same_reference(x, w, p)
+                x,
+                kernel,
+                cpu=lambda x, w: ops.conv_winograd(x, w, p, self.tile),
+                default=lambda x, w: ops.conv_same_reference(x, w, p),
             )
         else:
             y = ops.conv_same_reference(x, kernel, p)
@@ -123,7 +126,9 @@ def _pool(x: jax.Array, name: str) -> jax.Array:
     return ops.max_pool(x, w.kernel, w.stride)  # = nn.max_pool(..., padding="VALID"), faster gradient
 
 
-def alexnet_features(x: jax.Array, dtype: Dtype, kernel_init=None, winograd: bool = True) -> dict[str, jax.Array]:
+def alexnet_features(
+    x: jax.Array, dtype: Dtype, kernel_init=None, winograd: bool = True
+) -> dict[str, jax.Array]:
     """conv1 ... pool5 in the calling module's scope; returns the pooling outputs."""
     extra = {} if kernel_init is None else {"kernel_init": kernel_init}
     taps = {}
@@ -233,7 +238,9 @@ class FCN(nn.Module):
 
     def _score(self, name: str) -> MatmulConv:
         zeros = nn.initializers.zeros
-        return MatmulConv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name=name)
+        return MatmulConv(
+            self.num_classes, (1, 1), dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name=name
+        )
 
     def _upsample(self, factor: int, name: str) -> Upsample:
         return Upsample(factor, trainable=self.trainable_upsampling, dtype=self.dtype, name=name)
@@ -264,7 +271,9 @@ class FCN(nn.Module):
             skip = self._score(f"score_{tap}")(taps[tap])
             skip = _crop(skip, plan.height.skip_starts[tap], plan.width.skip_starts[tap], *up.shape[1:3])
             score = up + skip
-        out = self._upsample(stride, f"upscore_final{stride}")(score, crop=(plan.height.out_start, plan.width.out_start, h, w))
+        out = self._upsample(stride, f"upscore_final{stride}")(
+            score, crop=(plan.height.out_start, plan.width.out_start, h, w)
+        )
         return out.astype(jnp.float32)
 
 

@@ -70,7 +70,9 @@ def subpixel_kernel(kernel: jax.Array, factor: int) -> jax.Array:
     return kp.transpose(0, 2, 4, 1, 3, 5)
 
 
-def upsample(x: jax.Array, kernel: jax.Array, factor: int, crop: tuple[int, int, int, int] | None = None) -> jax.Array:
+def upsample(
+    x: jax.Array, kernel: jax.Array, factor: int, crop: tuple[int, int, int, int] | None = None
+) -> jax.Array:
     """Same as `upsample_reference`; `crop` = (start_h, start_w, size_h, size_w) of
     the result, applied before depth-to-space where it spares whole coarse rows."""
     f = factor
@@ -209,7 +211,6 @@ def _col2im(dp: jax.Array, kh: int, kw: int, c: int) -> jax.Array:
     if (kh, kw) == (1, 1):
         return dp
     n, oh, ow, _ = dp.shape
-    h, w = oh + kh - 1, ow + kw - 1
     dx = None
     for i in range(kh):
         for j in range(kw):
@@ -247,7 +248,7 @@ conv_as_matmul.defvjp(_conv_mm_fwd, _conv_mm_bwd)
 # -- Winograd convolution ------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def winograd_matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A^T, G, B^T) of Winograd's F(m, r), computed exactly (rationals), as float64.
 
@@ -257,13 +258,23 @@ def winograd_matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     A evaluates the tile's, B^T is the transposed interpolation (Vandermonde inverse).
     """
     n = m + r - 1
-    pool = [Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2)]
+    pool = [
+        Fraction(0),
+        Fraction(1),
+        Fraction(-1),
+        Fraction(2),
+        Fraction(-2),
+        Fraction(1, 2),
+        Fraction(-1, 2),
+    ]
     if n - 1 > len(pool):
         raise ValueError(f"F({m}, {r}) needs {n - 1} finite points; at most {len(pool)} are set up")
     points = pool[: n - 1]
 
     def vander(cols: int) -> list[list[Fraction]]:  # rows: points, then infinity
-        return [[p**k for k in range(cols)] for p in points] + [[Fraction(int(k == cols - 1)) for k in range(cols)]]
+        return [[p**k for k in range(cols)] for p in points] + [
+            [Fraction(int(k == cols - 1)) for k in range(cols)]
+        ]
 
     a, g, v = vander(m), vander(r), vander(n)
     # Exact inverse of the n x n Vandermonde matrix by Gauss-Jordan over the rationals.
@@ -341,7 +352,15 @@ class _Tiling:
     def windows(self, x: jax.Array) -> jax.Array:
         """(N, H, W, C) -> (N, th, n, tw, n, C): every tile's input window."""
         m, n, (th, tw) = self.m, self.n, self.tiles
-        x = jnp.pad(x, ((0, 0), (self.pad, m * (th + 1) - self.h - self.pad), (self.pad, m * (tw + 1) - self.w - self.pad), (0, 0)))
+        x = jnp.pad(
+            x,
+            (
+                (0, 0),
+                (self.pad, m * (th + 1) - self.h - self.pad),
+                (self.pad, m * (tw + 1) - self.w - self.pad),
+                (0, 0),
+            ),
+        )
         blocks = x.reshape(self.n_img, th + 1, m, tw + 1, m, self.c)
         rows = jnp.concatenate([blocks[:, :th], blocks[:, 1:, : n - m]], axis=2)
         return jnp.concatenate([rows[:, :, :, :tw], rows[:, :, :, 1:, : n - m]], axis=4)
@@ -349,8 +368,12 @@ class _Tiling:
     def windows_transpose(self, d: jax.Array) -> jax.Array:
         """Adjoint of `windows`: adds overlapping windows back onto the input."""
         m, n, (th, tw) = self.m, self.n, self.tiles
-        rows = _pad_axis(d[:, :, :, :, :m], 3, 0, 1) + _pad_axis(_pad_axis(d[:, :, :, :, m:], 4, 0, 2 * m - n), 3, 1, 0)
-        blocks = _pad_axis(rows[:, :, :m], 1, 0, 1) + _pad_axis(_pad_axis(rows[:, :, m:], 2, 0, 2 * m - n), 1, 1, 0)
+        rows = _pad_axis(d[:, :, :, :, :m], 3, 0, 1) + _pad_axis(
+            _pad_axis(d[:, :, :, :, m:], 4, 0, 2 * m - n), 3, 1, 0
+        )
+        blocks = _pad_axis(rows[:, :, :m], 1, 0, 1) + _pad_axis(
+            _pad_axis(rows[:, :, m:], 2, 0, 2 * m - n), 1, 1, 0
+        )
         x = blocks.reshape(self.n_img, m * (th + 1), m * (tw + 1), self.c)
         return x[:, self.pad : self.pad + self.h, self.pad : self.pad + self.w]
 
@@ -384,7 +407,10 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: int, tile: int = 4) 
 def _tiling(x, kernel, padding, tile) -> _Tiling:
     r = kernel.shape[0]
     if kernel.shape[1] != r or r - 1 > tile:
-        raise ValueError(f"conv_winograd: needs a square kernel with size - 1 <= tile, got {kernel.shape[:2]} and tile {tile}")
+        raise ValueError(
+            f"conv_winograd: needs a square kernel with size - 1 <= tile, "
+            f"got {kernel.shape[:2]} and tile {tile}"
+        )
     return _Tiling(*x.shape, tile, r, padding)
 
 
@@ -398,8 +424,14 @@ def _conv_winograd_fwd(x, kernel, padding, tile):
     y = y.reshape(t.n_img, th * t.m, tw * t.m, -1)[:, :oh, :ow]
     # Forward only: the gradient stays the convolution's (which does not depend on y).
     nonzero = jnp.any(x != 0, axis=-1, keepdims=True).astype(x.dtype)
-    live = lax.reduce_window(nonzero, np.asarray(0, x.dtype), lax.max, (1, t.r, t.r, 1), (1, 1, 1, 1),
-                             [(0, 0), (padding, padding), (padding, padding), (0, 0)])
+    live = lax.reduce_window(
+        nonzero,
+        np.asarray(0, x.dtype),
+        lax.max,
+        (1, t.r, t.r, 1),
+        (1, 1, 1, 1),
+        [(0, 0), (padding, padding), (padding, padding), (0, 0)],
+    )
     return jnp.where(live > 0, y, 0), (x, kernel)
 
 
@@ -443,10 +475,20 @@ def reference_ops():
     (conv_transpose, lax convolution, reduce_window pooling, flax's dropout): the baseline for
     tests and benchmarks. Not thread-safe; jit caches keyed on the model do not
     see the switch, so trace/compile inside the context."""
-    fast = {"upsample": upsample, "conv_as_matmul": conv_as_matmul, "max_pool": max_pool, "dropout": dropout,
-            "conv_winograd": conv_winograd}
-    ref = {"upsample": _upsample_reference_cropped, "conv_as_matmul": conv_reference, "max_pool": max_pool_reference,
-           "dropout": dropout_reference, "conv_winograd": _conv_winograd_reference}
+    fast = {
+        "upsample": upsample,
+        "conv_as_matmul": conv_as_matmul,
+        "max_pool": max_pool,
+        "dropout": dropout,
+        "conv_winograd": conv_winograd,
+    }
+    ref = {
+        "upsample": _upsample_reference_cropped,
+        "conv_as_matmul": conv_reference,
+        "max_pool": max_pool_reference,
+        "dropout": dropout_reference,
+        "conv_winograd": _conv_winograd_reference,
+    }
     g = globals()
     g.update(ref)
     try:

@@ -41,15 +41,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fcn_jax import geometry
-
 
 # -- buckets --------------------------------------------------------------------------------
 
@@ -119,8 +119,7 @@ class Segmenter:
     images per device call.
     """
 
-    def __init__(self, model, params, meta=None, *, batch_size: int = 4, flip: bool = False,
-                 device=None):
+    def __init__(self, model, params, meta=None, *, batch_size: int = 4, flip: bool = False, device=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.meta = model, meta
@@ -138,7 +137,7 @@ class Segmenter:
         self.params = jax.device_put(params, self.device)
 
     @classmethod
-    def from_checkpoint(cls, path, **kwargs) -> "Segmenter":
+    def from_checkpoint(cls, path, **kwargs) -> Segmenter:
         """From a run directory (its best checkpoint, else its latest) or a step directory."""
         from fcn_jax import checkpoints
 
@@ -165,8 +164,9 @@ class Segmenter:
         self.num_traces += 1  # runs once per trace, i.e. per compiled shape
         x = jnp.asarray(self._table)[images.astype(jnp.int32), jnp.arange(3)]
         hb, wb = images.shape[1:3]
-        inside = ((jnp.arange(hb)[None, :, None] < sizes[:, 0, None, None])
-                  & (jnp.arange(wb)[None, None, :] < sizes[:, 1, None, None]))
+        inside = (jnp.arange(hb)[None, :, None] < sizes[:, 0, None, None]) & (
+            jnp.arange(wb)[None, None, :] < sizes[:, 1, None, None]
+        )
         x = jnp.where(inside[..., None], x, 0.0)
         logits = self.model.apply({"params": params}, x, train=False).astype(jnp.float32)
         if output == "labels":
@@ -231,8 +231,14 @@ class Segmenter:
                 for k, (_, _, im) in enumerate(chunk):
                     x[k, : im.shape[0], : im.shape[1]] = im
                     sizes[k] = im.shape[:2]
-                y = np.asarray(self._forward(self.params, jax.device_put(x, self.device),
-                                             jax.device_put(sizes, self.device), output=output))
+                y = np.asarray(
+                    self._forward(
+                        self.params,
+                        jax.device_put(x, self.device),
+                        jax.device_put(sizes, self.device),
+                        output=output,
+                    )
+                )
                 for k, (i, flipped, im) in enumerate(chunk):
                     p = y[k, : im.shape[0], : im.shape[1]]
                     results[(i, flipped)] = p[:, ::-1] if flipped else p

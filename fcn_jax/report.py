@@ -25,8 +25,12 @@ import numpy as np
 
 from fcn_jax.metrics import SUMMARY_KEYS, SegmentationMetrics, format_table
 
-LABELS = {"miou": "mean IoU", "pixel_accuracy": "pixel accuracy",
-          "mean_class_accuracy": "mean class accuracy", "fw_iou": "frequency-weighted IoU"}
+LABELS = {
+    "miou": "mean IoU",
+    "pixel_accuracy": "pixel accuracy",
+    "mean_class_accuracy": "mean class accuracy",
+    "fw_iou": "frequency-weighted IoU",
+}
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -52,8 +56,11 @@ def read_metrics(path) -> list[dict]:
 
 
 def series(records: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], r[key]) for r in records
-           if r.get("split") == split and isinstance(r.get(key), (int, float)) and r[key] is not None]
+    pts = [
+        (r["step"], r[key])
+        for r in records
+        if r.get("split") == split and isinstance(r.get(key), (int, float)) and r[key] is not None
+    ]
     if not pts:
         return np.zeros(0), np.zeros(0)
     steps, values = zip(*sorted(pts))
@@ -69,8 +76,16 @@ def _figure(width: float = 6.4, height: float = 4.0):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def plot_curve(records, split: str, keys: list[str], path: Path, title: str, ylabel: str,
-               log_y: bool = False, percent: bool = False) -> bool:
+def plot_curve(
+    records,
+    split: str,
+    keys: list[str],
+    path: Path,
+    title: str,
+    ylabel: str,
+    log_y: bool = False,
+    percent: bool = False,
+) -> bool:
     """One PNG with `keys` of `split` over steps; False if there is nothing to plot."""
     fig = _figure()
     ax = fig.add_subplot()
@@ -119,8 +134,15 @@ def plot_confusion(confusion, class_names: list[str], path: Path, title: str) ->
         for i in range(c):
             for j in range(c):
                 if norm[i, j] >= 0.005:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * norm[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
     fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
 
@@ -140,8 +162,10 @@ def _metrics_tables(rec: dict) -> list[str]:
         lines += ["", "| class | IoU % | accuracy % |", "|---|---|---|"]
         lines += [f"| {n} | {_pct(v)} | {_pct(acc.get(n))} |" for n, v in iou.items()]
     if rec.get("excluded_classes"):
-        lines += ["", "Left out of the means (absent from truth and prediction): "
-                  + ", ".join(rec["excluded_classes"])]
+        lines += [
+            "",
+            "Left out of the means (absent from truth and prediction): " + ", ".join(rec["excluded_classes"]),
+        ]
     return lines
 
 
@@ -155,13 +179,25 @@ def read_examples(data_dir, split: str, count: int):
     for i in sorted(set(np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int))):
         ex = source[i]
         name = ex["file_name"]
-        out.append((name.decode() if isinstance(name, bytes) else str(name),
-                    np.asarray(ex["image"]), np.asarray(ex["label"])[..., 0]))
+        out.append(
+            (
+                name.decode() if isinstance(name, bytes) else str(name),
+                np.asarray(ex["image"]),
+                np.asarray(ex["label"])[..., 0],
+            )
+        )
     return out
 
 
-def make_report(workdir, split: str = "val", num_images: int = 4, data_dir=None,
-                evaluate: bool = False, batch_size: int = 2, progress: bool = True) -> Path:
+def make_report(
+    workdir,
+    split: str = "val",
+    num_images: int = 4,
+    data_dir=None,
+    evaluate: bool = False,
+    batch_size: int = 2,
+    progress: bool = True,
+) -> Path:
     """Write workdir/report/ (see the module doc); returns the README path."""
     workdir = Path(workdir)
     if not workdir.is_dir():
@@ -178,10 +214,18 @@ def make_report(workdir, split: str = "val", num_images: int = 4, data_dir=None,
     # curves
     curves = []
     for name, split_, keys, title, ylabel, log_y, pct in (
-            ("loss.png", "train", ["loss"], "training loss", "loss", False, False),
-            ("learning_rate.png", "train", ["learning_rate"], "learning rate", "learning rate", False, False),
-            ("val_metrics.png", split, ["miou", "pixel_accuracy", "mean_class_accuracy"],
-             f"{split} metrics", "%", False, True)):
+        ("loss.png", "train", ["loss"], "training loss", "loss", False, False),
+        ("learning_rate.png", "train", ["learning_rate"], "learning rate", "learning rate", False, False),
+        (
+            "val_metrics.png",
+            split,
+            ["miou", "pixel_accuracy", "mean_class_accuracy"],
+            f"{split} metrics",
+            "%",
+            False,
+            True,
+        ),
+    ):
         if plot_curve(records, split_, keys, out / name, title, ylabel, log_y, pct):
             curves.append(name)
     if curves:
@@ -193,8 +237,12 @@ def make_report(workdir, split: str = "val", num_images: int = 4, data_dir=None,
     evals = [r for r in records if r.get("split") == split and "miou" in r]
     last = evals[-1] if evals else None
     if last:
-        sections += [f"## Last {split} metrics (training log, step {last['step']})", "",
-                     *_metrics_tables(last), ""]
+        sections += [
+            f"## Last {split} metrics (training log, step {last['step']})",
+            "",
+            *_metrics_tables(last),
+            "",
+        ]
 
     # confusion matrix
     eval_file = workdir / f"eval_{split}.json"
@@ -221,29 +269,43 @@ def make_report(workdir, split: str = "val", num_images: int = 4, data_dir=None,
         if conf_rec is not last:
             sections += ["```", format_table(SegmentationMetrics.from_dict(conf_rec)), "```", ""]
     else:
-        notes.append(f"no confusion matrix: no {eval_file.name}, no confusion in the training log "
-                     f"(run `fcn-jax eval --workdir {workdir} --split {split}` or pass --evaluate)")
+        notes.append(
+            f"no confusion matrix: no {eval_file.name}, no confusion in the training log "
+            f"(run `fcn-jax eval --workdir {workdir} --split {split}` or pass --evaluate)"
+        )
 
     # predictions
     if num_images > 0:
         try:
             png = _draw_predictions(workdir, data_dir, split, num_images, out)
-            sections += [f"## Predictions on {num_images} {split} images (spread over the split)", "",
-                         f"![predictions]({png})", "", "![legend](legend.png)", ""]
+            sections += [
+                f"## Predictions on {num_images} {split} images (spread over the split)",
+                "",
+                f"![predictions]({png})",
+                "",
+                "![legend](legend.png)",
+                "",
+            ]
         except Exception as e:
             notes.append(f"no prediction grid: {type(e).__name__}: {e}")
 
     model = config.get("model") or {}
-    head = [f"# Report: {workdir.name}", "",
-            f"- run directory: `{workdir.absolute()}`",
-            f"- model: FCN-{model.get('variant', '?')}, {model.get('num_classes', '?')} classes, "
-            f"dtype {model.get('dtype', '?')}",
-            f"- dataset: {(dataset or {}).get('name', '?')} (`{data_dir or '?'}`)"]
+    head = [
+        f"# Report: {workdir.name}",
+        "",
+        f"- run directory: `{workdir.absolute()}`",
+        f"- model: FCN-{model.get('variant', '?')}, {model.get('num_classes', '?')} classes, "
+        f"dtype {model.get('dtype', '?')}",
+        f"- dataset: {(dataset or {}).get('name', '?')} (`{data_dir or '?'}`)",
+    ]
     train = [r for r in records if r.get("split") == "train"]
     if train:
         t = train[-1]
-        head.append(f"- last logged training step: {t['step']} (loss {t.get('loss', float('nan')):.4f}"
-                    + (f", {t['images_per_s']:.1f} images/s" if "images_per_s" in t else "") + ")")
+        head.append(
+            f"- last logged training step: {t['step']} (loss {t.get('loss', float('nan')):.4f}"
+            + (f", {t['images_per_s']:.1f} images/s" if "images_per_s" in t else "")
+            + ")"
+        )
     text = head + [""] + sections
     if notes:
         text += ["## Skipped", "", *[f"- {n}" for n in notes], ""]
@@ -266,8 +328,12 @@ def _evaluate(workdir: Path, data_dir, split: str, batch_size: int, progress: bo
         raise FileNotFoundError("no dataset: config.json names no data.data_dir; pass --data-dir")
     model, params, _ = checkpoints.load_inference(workdir)
     result = evaluate.evaluate(model, params, data_dir, split, batch_size, progress=progress)
-    return {"checkpoint": str(workdir.absolute()), "split": split, "data_dir": str(data_dir),
-            **result.to_dict()}
+    return {
+        "checkpoint": str(workdir.absolute()),
+        "split": split,
+        "data_dir": str(data_dir),
+        **result.to_dict(),
+    }
 
 
 def _draw_predictions(workdir: Path, data_dir, split: str, count: int, out: Path) -> str:
@@ -283,8 +349,9 @@ def _draw_predictions(workdir: Path, data_dir, split: str, count: int, out: Path
     examples = read_examples(data_dir, split, count)
     seg = Segmenter.from_checkpoint(workdir, batch_size=min(count, 4))
     preds = seg.predict([im for _, im, _ in examples])
-    grid = visualize.prediction_grid([im for _, im, _ in examples], [lab for _, _, lab in examples],
-                                     preds, meta.palette, meta.ignore_index)
+    grid = visualize.prediction_grid(
+        [im for _, im, _ in examples], [lab for _, _, lab in examples], preds, meta.palette, meta.ignore_index
+    )
     png = f"predictions_{split}.png"
     Image.fromarray(grid).save(out / png)
     Image.fromarray(visualize.legend(meta.class_names, meta.palette, columns=2)).save(out / "legend.png")

@@ -36,17 +36,27 @@ class NonFiniteLoss(RuntimeError):
 # -- setup ------------------------------------------------------------------------
 
 
-def initialize_distributed(coordinator: str, num_processes: int, process_id: int, timeout_s: int = 120) -> None:
+def initialize_distributed(
+    coordinator: str, num_processes: int, process_id: int, timeout_s: int = 120
+) -> None:
     """`jax.distributed.initialize`, with a watchdog: a peer that never joins makes
     JAX abort from C++ after the timeout; the watchdog says why first and exits."""
     if num_processes <= 1:
         return
-    print(f"process {process_id}/{num_processes}: joining {coordinator} (waiting up to {timeout_s}s for peers)", flush=True)
+    print(
+        f"process {process_id}/{num_processes}: joining {coordinator} (waiting up to {timeout_s}s for peers)",
+        flush=True,
+    )
     done = threading.Event()
 
     def watchdog():
         if not done.wait(timeout_s + 15):
-            print(f"error: process {process_id}: not all {num_processes} processes joined {coordinator} within {timeout_s}s; exiting", file=sys.stderr, flush=True)
+            print(
+                f"error: process {process_id}: not all {num_processes} processes joined {coordinator} "
+                f"within {timeout_s}s; exiting",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(4)
 
     threading.Thread(target=watchdog, daemon=True).start()
@@ -84,8 +94,14 @@ def _sync(name: str) -> None:
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FCN:
     m = config.model
-    return FCN(num_classes, m.variant, dropout_rate=m.dropout_rate, trainable_upsampling=m.trainable_upsampling,
-               dtype=jnp.dtype(m.dtype), winograd=m.get("winograd", True))
+    return FCN(
+        num_classes,
+        m.variant,
+        dropout_rate=m.dropout_rate,
+        trainable_upsampling=m.trainable_upsampling,
+        dtype=jnp.dtype(m.dtype),
+        winograd=m.get("winograd", True),
+    )
 
 
 def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array) -> dict:
@@ -100,7 +116,9 @@ def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array
     path = Path(source)
     if path.is_file():  # converted AlexNet weights
         alexnet = convert.load_params(path)
-        return convert.fcn_from_alexnet(alexnet, model.num_classes, model.variant, rng, trainable_upsampling=model.trainable_upsampling)
+        return convert.fcn_from_alexnet(
+            alexnet, model.num_classes, model.variant, rng, trainable_upsampling=model.trainable_upsampling
+        )
     if path.is_dir():  # an earlier stage (e.g. FCN-32s for FCN-16s)
         src, _, step = checkpoints.load_params(path)
         copied = []
@@ -111,7 +129,9 @@ def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array
         if jax.process_index() == 0:
             print(f"init_from {path} (step {step}): copied {', '.join(copied)}")
         return params
-    raise FileNotFoundError(f"config.init_from: {source} is neither a converted weights file nor a run directory")
+    raise FileNotFoundError(
+        f"config.init_from: {source} is neither a converted weights file nor a run directory"
+    )
 
 
 class MetricLog:
@@ -123,11 +143,17 @@ class MetricLog:
         if not self.enabled:
             return
         if self.path.exists():  # drop what was logged after the checkpoint we resume from
-            kept = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            kept = [
+                l
+                for l in self.path.read_text().splitlines()
+                if l.strip() and json.loads(l)["step"] <= resume_step
+            ]
             self.path.write_text("".join(l + "\n" for l in kept))
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.tb = SummaryWriter(
+            str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+        )
 
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
@@ -175,12 +201,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         checkpoints.write_json(workdir / "dataset.json", checkpoints.meta_to_json(meta))
 
     steps, accumulate = int(config.train.steps), int(config.optimizer.accumulate_steps)
-    tx, schedule = training.make_optimizer({**config.optimizer.to_dict(), "decay_steps": max(steps // accumulate, 1)})
+    tx, schedule = training.make_optimizer(
+        {**config.optimizer.to_dict(), "decay_steps": max(steps // accumulate, 1)}
+    )
     class_weights = None
     if config.loss.class_weighting == "median_frequency":
         class_weights = data.class_weights(data_dir)
     elif config.loss.class_weighting != "none":
-        raise ValueError(f"loss.class_weighting must be none or median_frequency, got {config.loss.class_weighting!r}")
+        raise ValueError(
+            f"loss.class_weighting must be none or median_frequency, got {config.loss.class_weighting!r}"
+        )
 
     mesh = training.data_mesh()
     replicated = NamedSharding(mesh, P())
@@ -228,7 +258,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 good = ckpt.latest.latest_step()
                 raise NonFiniteLoss(
                     f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint is "
-                    + (f"{workdir}/checkpoints/{good}" if good is not None else "none (no checkpoint was saved yet)")
+                    + (
+                        f"{workdir}/checkpoints/{good}"
+                        if good is not None
+                        else "none (no checkpoint was saved yet)"
+                    )
                     + ". Lower optimizer.learning_rate or set optimizer.clip_grad_norm."
                 )
             done = step + 1
@@ -236,15 +270,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if done % config.train.log_every == 0 or done == steps:
                 lr = float(schedule((done - 1) // accumulate))
                 rate = seen / (time.perf_counter() - t0)
-                log.write(done, "train", {"loss": loss, "learning_rate": lr, "grad_norm": float(metrics["grad_norm"]), "images_per_s": rate})
+                log.write(
+                    done,
+                    "train",
+                    {
+                        "loss": loss,
+                        "learning_rate": lr,
+                        "grad_norm": float(metrics["grad_norm"]),
+                        "images_per_s": rate,
+                    },
+                )
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.2f}")
                 t0, seen = time.perf_counter(), 0
             bar.update(1)
             is_eval = done == steps or (config.train.eval_every and done % config.train.eval_every == 0)
             if is_eval and config.data.eval_split:
-                last_eval = evaluate_and_draw(config, workdir, model, state.params, data_dir, meta, mesh, done)
+                last_eval = evaluate_and_draw(
+                    config, workdir, model, state.params, data_dir, meta, mesh, done
+                )
                 log.write(done, config.data.eval_split, last_eval)
-                ckpt.save_best(done, state, {"data_state": loader.get_state(), "step": done}, last_eval["miou"])
+                ckpt.save_best(
+                    done, state, {"data_state": loader.get_state(), "step": done}, last_eval["miou"]
+                )
                 t0, seen = time.perf_counter(), 0
             if done % config.train.checkpoint_every == 0 or done == steps:
                 ckpt.save(done, state, {"data_state": loader.get_state(), "step": done})
@@ -256,19 +303,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return last_eval
 
 
-def evaluate_and_draw(config, workdir: Path, model: FCN, params: Any, data_dir: Path, meta, mesh, step: int) -> dict:
+def evaluate_and_draw(
+    config, workdir: Path, model: FCN, params: Any, data_dir: Path, meta, mesh, step: int
+) -> dict:
     """Val metrics, and a picture of a few val predictions under workdir/pictures."""
     from fcn_jax import evaluate
 
-    result = evaluate.evaluate(model, params, data_dir, config.data.eval_split, config.train.eval_batch_size, mesh=mesh)
+    result = evaluate.evaluate(
+        model, params, data_dir, config.data.eval_split, config.train.eval_batch_size, mesh=mesh
+    )
     summary = result.to_dict()
     if jax.process_index() == 0 and config.train.num_pictures:
-        draw_predictions(model, params, data_dir, meta, config.data.eval_split, config.train.num_pictures, workdir / "pictures" / f"step_{step:06d}.png")
-    print(f"step {step}: {config.data.eval_split} mIoU {summary['miou']:.4f}, pixel accuracy {summary['pixel_accuracy']:.4f}", flush=True)
+        draw_predictions(
+            model,
+            params,
+            data_dir,
+            meta,
+            config.data.eval_split,
+            config.train.num_pictures,
+            workdir / "pictures" / f"step_{step:06d}.png",
+        )
+    print(
+        f"step {step}: {config.data.eval_split} mIoU {summary['miou']:.4f}, "
+        f"pixel accuracy {summary['pixel_accuracy']:.4f}",
+        flush=True,
+    )
     return summary
 
 
-def draw_predictions(model: FCN, params: Any, data_dir: Path, meta, split: str, count: int, path: Path) -> None:
+def draw_predictions(
+    model: FCN, params: Any, data_dir: Path, meta, split: str, count: int, path: Path
+) -> None:
     """image | truth | prediction for `count` examples spread over the split."""
     from PIL import Image
 
@@ -285,7 +350,9 @@ def draw_predictions(model: FCN, params: Any, data_dir: Path, meta, split: str, 
         segmenter.set_params(local)
     examples = read_examples(data_dir, split, count)
     preds = segmenter.predict([image for _, image, _ in examples])
-    grid = visualize.prediction_grid([e[1] for e in examples], [e[2] for e in examples], preds, meta.palette, meta.ignore_index)
+    grid = visualize.prediction_grid(
+        [e[1] for e in examples], [e[2] for e in examples], preds, meta.palette, meta.ignore_index
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)
 

@@ -9,7 +9,8 @@ everything else replicated), which is what `pmap` + `pmean` used to do.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -70,7 +71,9 @@ def make_optimizer(cfg: Mapping) -> tuple[optax.GradientTransformation, optax.Sc
             parts = [optax.add_decayed_weights(decay)] if decay else []
             return optax.chain(*parts, optax.sgd(sched, momentum=float(cfg.get("momentum", 0.9))))
         if name == "adamw":
-            return optax.adamw(sched, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)), weight_decay=decay)
+            return optax.adamw(
+                sched, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)), weight_decay=decay
+            )
         raise ValueError(f"optimizer.name must be sgd or adamw, got {name!r}")
 
     tx = optax.multi_transform(
@@ -88,7 +91,9 @@ def make_optimizer(cfg: Mapping) -> tuple[optax.GradientTransformation, optax.Sc
 # -- loss -----------------------------------------------------------------------
 
 
-def pixel_loss(logits: jax.Array, labels: jax.Array, ignore_index: int, class_weights: jax.Array | None = None) -> jax.Array:
+def pixel_loss(
+    logits: jax.Array, labels: jax.Array, ignore_index: int, class_weights: jax.Array | None = None
+) -> jax.Array:
     """Per-pixel softmax cross-entropy, averaged over labelled pixels.
 
     Pixels labelled `ignore_index` (or any value outside 0..C-1) count for nothing.
@@ -109,7 +114,13 @@ def pixel_loss(logits: jax.Array, labels: jax.Array, ignore_index: int, class_we
 # -- steps ----------------------------------------------------------------------
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, params: Any | None = None, sample_shape=(1, 64, 64, 3)) -> TrainState:
+def init_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    params: Any | None = None,
+    sample_shape=(1, 64, 64, 3),
+) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
     if params is None:
         params = model.init(init_rng, jnp.zeros(sample_shape, jnp.float32))["params"]
@@ -138,7 +149,9 @@ def train_step(
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        logits = model.apply({"params": params}, model_inputs(batch["image"]), train=True, rngs={"dropout": rng})
+        logits = model.apply(
+            {"params": params}, model_inputs(batch["image"]), train=True, rngs={"dropout": rng}
+        )
         return pixel_loss(logits, batch["label"], ignore_index, class_weights)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -152,7 +165,9 @@ def predict_logits(params: Any, images: jax.Array, *, model: nn.Module) -> jax.A
     return model.apply({"params": params}, model_inputs(images), train=False)
 
 
-def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, mask: jax.Array | None = None) -> jax.Array:
+def confusion_matrix(
+    labels: jax.Array, preds: jax.Array, num_classes: int, mask: jax.Array | None = None
+) -> jax.Array:
     """(C, C) counts, rows = truth, columns = prediction; unlabelled pixels dropped."""
     valid = (labels >= 0) & (labels < num_classes)
     if mask is not None:
@@ -162,7 +177,9 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, mask
     return counts[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
 
 
-def eval_step(params: Any, batch: Mapping[str, jax.Array], *, model: nn.Module, ignore_index: int) -> jax.Array:
+def eval_step(
+    params: Any, batch: Mapping[str, jax.Array], *, model: nn.Module, ignore_index: int
+) -> jax.Array:
     """Confusion matrix of one (global) batch; `batch["valid"]` masks padded examples."""
     logits = predict_logits(params, batch["image"], model=model)
     preds = jnp.argmax(logits, axis=-1)
@@ -191,7 +208,9 @@ def compile_eval_step(mesh: Mesh, model: nn.Module, ignore_index: int) -> Callab
     )
 
 
-def compile_steps(mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation, ignore_index: int, class_weights=None) -> tuple[Callable, Callable]:
+def compile_steps(
+    mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation, ignore_index: int, class_weights=None
+) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated."""
     replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)

@@ -7,7 +7,7 @@ Ignored pixels (the dataset's void value, or any value outside 0..C-1) are drawn
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -24,8 +24,9 @@ def _font(size: int = 14):
         return ImageFont.load_default()
 
 
-def colorize(labels, palette, ignore_index: int | None = None,
-             ignore_color: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+def colorize(
+    labels, palette, ignore_index: int | None = None, ignore_color: Sequence[int] = (0, 0, 0)
+) -> np.ndarray:
     """Class ids (H, W) -> uint8 RGB (H, W, 3) in `palette` (C, 3)."""
     palette = np.asarray(palette, np.uint8).reshape(-1, 3)
     labels = np.asarray(labels).astype(np.int64)
@@ -81,8 +82,9 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def tile(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
-         gap: int = GAP) -> np.ndarray:
+def tile(
+    rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, gap: int = GAP
+) -> np.ndarray:
     """Cells (H, W, 3) uint8 in rows and columns, with gaps and optional column titles."""
     if not rows:
         raise ValueError("nothing to draw: no rows")
@@ -119,17 +121,23 @@ def prediction_grid(images_uint8, labels, preds, palette, ignore_index: int | No
     uint8 RGB image, e.g. for `PIL.Image.fromarray(grid).save(...)`.
     """
     if not (len(images_uint8) == len(labels) == len(preds)):
-        raise ValueError(f"prediction_grid: {len(images_uint8)} images, {len(labels)} labels, "
-                         f"{len(preds)} predictions; they must match")
+        raise ValueError(
+            f"prediction_grid: {len(images_uint8)} images, {len(labels)} labels, "
+            f"{len(preds)} predictions; they must match"
+        )
     rows = []
     for i, (im, lab, pred) in enumerate(zip(images_uint8, labels, preds)):
         im = np.asarray(im)
         if im.dtype != np.uint8:
-            raise ValueError(f"prediction_grid: images must be uint8, got {im.dtype} "
-                             "(use fcn_jax.data.denormalize on normalised images)")
+            raise ValueError(
+                f"prediction_grid: images must be uint8, got {im.dtype} "
+                "(use fcn_jax.data.denormalize on normalised images)"
+            )
         if im.shape[:2] != np.shape(lab) or im.shape[:2] != np.shape(pred):
-            raise ValueError(f"prediction_grid: example {i}: image {im.shape[:2]}, label "
-                             f"{np.shape(lab)} and prediction {np.shape(pred)} differ in size")
+            raise ValueError(
+                f"prediction_grid: example {i}: image {im.shape[:2]}, label "
+                f"{np.shape(lab)} and prediction {np.shape(pred)} differ in size"
+            )
         rows.append([im, colorize(lab, palette, ignore_index), colorize(pred, palette, ignore_index)])
     return tile(rows, ["image", "ground truth", "prediction"])
 

@@ -79,7 +79,9 @@ def test_state_dict_errors_list_every_problem(torch_alexnet):
     assert re.search(r"wrong shape: features\.6\.bias is \(5,\), expected \(384,\)", msg)
 
 
-def test_convert_command_writes_loadable_params_with_stable_checksum(torch_alexnet, flax_params, tmp_path, capsys):
+def test_convert_command_writes_loadable_params_with_stable_checksum(
+    torch_alexnet, flax_params, tmp_path, capsys
+):
     pth = tmp_path / "alexnet.pth"
     torch.save(torch_alexnet.state_dict(), pth)
     assert main(["convert", str(pth), str(tmp_path / "a.msgpack")]) == 0

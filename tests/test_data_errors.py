@@ -31,8 +31,9 @@ def folder(tmp_path):
 
 
 def prepare(root: Path, **kw):
-    return data.prepare_folder(root / "images", root / "masks", root / "out", kw.pop("num_classes", 3),
-                               progress=False, **kw)
+    return data.prepare_folder(
+        root / "images", root / "masks", root / "out", kw.pop("num_classes", 3), progress=False, **kw
+    )
 
 
 def raises_naming(path: Path, match: str, fn, *args, **kw) -> DataError:
@@ -116,8 +117,7 @@ def test_empty_directory(tmp_path):
 def test_list_file_names_missing_file(folder):
     lst = folder / "train.txt"
     lst.write_text("images/ok0.png masks/ok0.png\nimages/nope.png masks/ok1.png\n")
-    e = raises_naming(folder / "images" / "nope.png", "does not exist", prepare, folder,
-                      list_file=lst)
+    e = raises_naming(folder / "images" / "nope.png", "does not exist", prepare, folder, list_file=lst)
     assert f"{lst}:2" in str(e)
 
 
@@ -145,7 +145,20 @@ def test_bad_arguments(folder):
 
 def test_cli_reports_error_without_traceback(folder, capsys):
     (folder / "images" / "ok1.png").write_bytes(b"broken")
-    rc = cli_main(["prepare", "folder", "--images", str(folder / "images"), "--masks",
-                   str(folder / "masks"), "--num-classes", "3", "--out", str(folder / "out"), "--quiet"])
+    rc = cli_main(
+        [
+            "prepare",
+            "folder",
+            "--images",
+            str(folder / "images"),
+            "--masks",
+            str(folder / "masks"),
+            "--num-classes",
+            "3",
+            "--out",
+            str(folder / "out"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and str(folder / "images" / "ok1.png") in err and "Traceback" not in err

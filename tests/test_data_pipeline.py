@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CAMVID, make_camvid_subset
 from PIL import Image
 
 from fcn_jax import data
-
-from conftest import CAMVID, make_camvid_subset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +37,9 @@ def mixed_out(tmp_path_factory) -> Path:
         size = (12, 16) if k % 3 else (10, 14)
         Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(root / "i" / f"{k}.png")
         Image.fromarray(np.full(size, k, np.uint8)).save(root / "m" / f"{k}.png")
-    return data.prepare_folder(root / "i", root / "m", root / "out", 7, splits={"val": 1.0},
-                               progress=False).parents[1]
+    return data.prepare_folder(
+        root / "i", root / "m", root / "out", 7, splits={"val": 1.0}, progress=False
+    ).parents[1]
 
 
 def take(loader, n):
@@ -88,8 +88,7 @@ def test_two_processes_split_the_global_batch(camvid_out):
     for k in range(2):
         for key in ("image", "label"):
             assert parts[0][k][key].shape[0] == 2
-            np.testing.assert_array_equal(
-                np.concatenate([parts[0][k][key], parts[1][k][key]]), full[k][key])
+            np.testing.assert_array_equal(np.concatenate([parts[0][k][key], parts[1][k][key]]), full[k][key])
         # disjoint: the two halves hold different examples
         assert not np.array_equal(parts[0][k]["image"], parts[1][k]["image"])
 
@@ -195,5 +194,6 @@ def test_cache_and_uint8_output_give_the_same_batches(camvid_out):
     for r, f in zip(ref, fast):
         assert f["image"].dtype == np.uint8
         np.testing.assert_array_equal(r["label"], f["label"])
-        np.testing.assert_allclose(np.asarray(data.normalize_jax(jnp.asarray(f["image"]))), r["image"],
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(data.normalize_jax(jnp.asarray(f["image"]))), r["image"], rtol=1e-6, atol=1e-6
+        )

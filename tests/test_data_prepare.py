@@ -19,8 +19,9 @@ from fcn_jax.cli import main as cli_main
 REPO = Path(__file__).resolve().parents[1]
 from conftest import CAMVID, make_camvid_subset  # noqa: E402
 
-needs_camvid = pytest.mark.skipif(not (CAMVID / "train.txt").is_file(),
-                                  reason=f"CamVid not found at {CAMVID}")
+needs_camvid = pytest.mark.skipif(
+    not (CAMVID / "train.txt").is_file(), reason=f"CamVid not found at {CAMVID}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def camvid_small(tmp_path_factory) -> Path:
 def test_reads_back_with_plain_tfds_without_tensorflow(camvid_small):
     code = f"""
 import sys, numpy as np, tensorflow_datasets as tfds
-b = tfds.builder_from_directory({str(camvid_small / 'out' / 'camvid' / '1.0.0')!r})
+b = tfds.builder_from_directory({str(camvid_small / "out" / "camvid" / "1.0.0")!r})
 assert b.info.splits['train'].num_examples == 6 and b.info.splits['val'].num_examples == 3
 ex = b.as_data_source('train')[0]
 assert ex['image'].shape == (360, 480, 3) and ex['image'].dtype == np.uint8
@@ -107,8 +108,12 @@ def test_cli_prepare_camvid_and_overwrite(camvid_small, tmp_path, capsys):
     assert "train 6, val 3" in printed and str(tmp_path / "camvid" / "1.0.0") in printed
     assert cli_main(["prepare", "camvid", "--source", str(src), "--out", str(tmp_path), "--quiet"]) == 2
     assert "already prepared" in capsys.readouterr().err
-    assert cli_main(["prepare", "camvid", "--source", str(src), "--out", str(tmp_path), "--quiet",
-                     "--overwrite"]) == 0
+    assert (
+        cli_main(
+            ["prepare", "camvid", "--source", str(src), "--out", str(tmp_path), "--quiet", "--overwrite"]
+        )
+        == 0
+    )
 
 
 def test_camvid_source_from_env_and_test_split(camvid_small, tmp_path, monkeypatch):
@@ -132,7 +137,8 @@ def test_download_camvid_from_url(camvid_small, tmp_path):
     for split in ("train", "val"):  # the public lists hold absolute /SegNet/CamVid/... paths
         lines = (remote / f"{split}.txt").read_text().split()
         (remote / f"{split}.txt").write_text(
-            "".join(f"/SegNet/CamVid/{a} /SegNet/CamVid/{b}\n" for a, b in zip(lines[::2], lines[1::2])))
+            "".join(f"/SegNet/CamVid/{a} /SegNet/CamVid/{b}\n" for a, b in zip(lines[::2], lines[1::2]))
+        )
     dest = data.download_camvid(tmp_path / "dl", base_url=remote.as_uri(), progress=False)
     assert (dest / "train.txt").read_text().startswith("train/0001TP_006690.png trainannot/")
     assert not (dest / "test.txt").exists()  # the remote has no test split here
@@ -148,16 +154,18 @@ def _write_folder(root: Path, n: int, size=(24, 32), num_classes=3, seed=0):
         img = rng.integers(0, 256, size + (3,), dtype=np.uint8)
         lab = rng.integers(0, num_classes, size, dtype=np.uint8)
         lab[0, :4] = 255
-        Image.fromarray(img).save(root / "images" / f"im{i:02d}.jpg" if i % 3 == 0
-                                  else root / "images" / f"im{i:02d}.png")
+        Image.fromarray(img).save(
+            root / "images" / f"im{i:02d}.jpg" if i % 3 == 0 else root / "images" / f"im{i:02d}.png"
+        )
         Image.fromarray(lab).save(root / "masks" / f"im{i:02d}.png")
     return root / "images", root / "masks"
 
 
 def test_folder_dataset_fraction_split(tmp_path):
     images, masks = _write_folder(tmp_path, 10)
-    out = data.prepare_folder(images, masks, tmp_path / "out", 3, class_names=["a", "b", "c"],
-                              name="mine", progress=False)
+    out = data.prepare_folder(
+        images, masks, tmp_path / "out", 3, class_names=["a", "b", "c"], name="mine", progress=False
+    )
     meta = data.load_meta(out)
     assert (meta.name, meta.num_classes, meta.ignore_index) == ("mine", 3, 255)
     assert meta.splits == {"train": 9, "val": 1} and meta.class_names == ["a", "b", "c"]
@@ -167,7 +175,9 @@ def test_folder_dataset_fraction_split(tmp_path):
     ex = ds[0]
     src_img = images / ex["file_name"].decode()
     np.testing.assert_array_equal(ex["image"], np.asarray(Image.open(src_img).convert("RGB")))
-    np.testing.assert_array_equal(ex["label"][..., 0], np.asarray(Image.open(masks / (src_img.stem + ".png"))))
+    np.testing.assert_array_equal(
+        ex["label"][..., 0], np.asarray(Image.open(masks / (src_img.stem + ".png")))
+    )
     # same seed, same split
     out2 = data.prepare_folder(images, masks, tmp_path / "out2", 3, name="mine", progress=False)
     assert data.load_index(out2, "val") == data.load_index(out, "val")
@@ -177,9 +187,25 @@ def test_folder_dataset_list_files_per_split(tmp_path):
     images, masks = _write_folder(tmp_path, 5)
     (tmp_path / "train.txt").write_text("im00\nim01.png\nimages/im02.png masks/im02.png\n")
     (tmp_path / "val.txt").write_text("# comment\nim03\n\nim04\n")
-    rc = cli_main(["prepare", "folder", "--images", str(images), "--masks", str(masks),
-                   "--num-classes", "3", "--out", str(tmp_path / "out"), "--quiet",
-                   "--split", f"train={tmp_path / 'train.txt'}", "--split", f"val={tmp_path / 'val.txt'}"])
+    rc = cli_main(
+        [
+            "prepare",
+            "folder",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--num-classes",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--split",
+            f"train={tmp_path / 'train.txt'}",
+            "--split",
+            f"val={tmp_path / 'val.txt'}",
+        ]
+    )
     assert rc == 0
     meta = data.load_meta(tmp_path / "out")
     assert meta.splits == {"train": 3, "val": 2} and meta.name == "folder"
@@ -188,10 +214,8 @@ def test_folder_dataset_list_files_per_split(tmp_path):
 
 def test_pet_and_cityscapes_label_mapping():
     trimap = np.array([[1, 2, 3], [2, 1, 0]], np.uint8)[..., None]
-    np.testing.assert_array_equal(data.pet_trimap_to_classes(trimap),
-                                  [[1, 0, 255], [0, 1, 255]])
-    np.testing.assert_array_equal(data.pet_trimap_to_classes(trimap, species=1),
-                                  [[2, 0, 255], [0, 2, 255]])
+    np.testing.assert_array_equal(data.pet_trimap_to_classes(trimap), [[1, 0, 255], [0, 1, 255]])
+    np.testing.assert_array_equal(data.pet_trimap_to_classes(trimap, species=1), [[2, 0, 255], [0, 2, 255]])
     ids = np.array([[7, 8, 0, 33, 255, 26]], np.uint8)
     np.testing.assert_array_equal(data.cityscapes_ids_to_train_ids(ids), [[0, 1, 255, 18, 255, 13]])
 
@@ -207,9 +231,14 @@ def test_prepare_catalog_dataset_from_a_fake_source(tmp_path):
             h, w = 20 + i, 30
             jpeg = tmp_path / "x.jpg"
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(jpeg)
-            out.append({"image": jpeg.read_bytes(), "file_name": f"{split}_{i}.jpg".encode(),
-                        "segmentation_mask": rng.integers(1, 4, (h, w, 1), dtype=np.uint8),
-                        "species": i % 2})
+            out.append(
+                {
+                    "image": jpeg.read_bytes(),
+                    "file_name": f"{split}_{i}.jpg".encode(),
+                    "segmentation_mask": rng.integers(1, 4, (h, w, 1), dtype=np.uint8),
+                    "species": i % 2,
+                }
+            )
         return out
 
     out = data.prepare_tfds("oxford_iiit_pet", tmp_path / "out", open_split=fake_split, progress=False)

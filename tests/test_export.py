@@ -10,11 +10,11 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from test_predict import VARIANT, camvid_crops, camvid_meta, random_params
 
 from fcn_jax import export
 from fcn_jax.data import normalize
 from fcn_jax.models import FCN
-from test_predict import VARIANT, camvid_crops, camvid_meta, random_params
 
 # What a deployment does: numpy + jax only (this is the snippet in docs/inference.md).
 STANDALONE = textwrap.dedent("""
@@ -59,8 +59,9 @@ def reference(model, params, images):
 
 
 def run_python(code: str, *args, cwd) -> str:
-    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -69,7 +70,12 @@ def test_artifact_runs_without_fcn_jax_and_equals_the_model(model, params, image
     path = tmp_path / "fcn.jaxexport"
     side = export.export_model(model, params, camvid_meta(), path, 64, 96)  # any batch size
     assert side["input"]["shape"] == [None, 64, 96, 3] and side["class_names"][0] == "Sky"
-    assert json.loads(export.sidecar_path(path).read_text())["outputs"]["logits"]["shape"] == [None, 64, 96, 11]
+    assert json.loads(export.sidecar_path(path).read_text())["outputs"]["logits"]["shape"] == [
+        None,
+        64,
+        96,
+        11,
+    ]
     np.save(tmp_path / "images.npy", images)
     stdout = run_python(STANDALONE, path, tmp_path / "images.npy", tmp_path / "out.npz", cwd=tmp_path)
     assert stdout.startswith("Sky")
@@ -96,8 +102,9 @@ def test_artifact_runs_without_fcn_jax_and_equals_the_model(model, params, image
         export.load(path)
 
 
-def test_cli_export_fixed_batch_labels_only_and_loader_needs_no_flax(model, params, images, reference, tmp_path,
-                                                                     capsys, monkeypatch):
+def test_cli_export_fixed_batch_labels_only_and_loader_needs_no_flax(
+    model, params, images, reference, tmp_path, capsys, monkeypatch
+):
     from fcn_jax import checkpoints, cli
 
     # Loading a run is tested in test_predict; here the command gets the in-memory model.
@@ -111,8 +118,28 @@ def test_cli_export_fixed_batch_labels_only_and_loader_needs_no_flax(model, para
 
     monkeypatch.setattr(checkpoints, "load_inference", load_inference)
     path = tmp_path / "labels.jaxexport"
-    assert cli.main(["export", "--checkpoint", str(run), "--out", str(path), "--height", "64",
-                     "--width", "96", "--batch", "2", "--output", "labels", "--platforms", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                "--checkpoint",
+                str(run),
+                "--out",
+                str(path),
+                "--height",
+                "64",
+                "--width",
+                "96",
+                "--batch",
+                "2",
+                "--output",
+                "labels",
+                "--platforms",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     side = json.loads(export.sidecar_path(path).read_text())
     assert side["input"]["shape"] == [2, 64, 96, 3] and list(side["outputs"]) == ["labels"]
     assert side["platforms"] == ["cpu"] and side["palette"][3] == [128, 64, 128]

@@ -13,10 +13,7 @@ from fcn_jax.training import confusion_matrix
 
 def test_hand_computed_case():
     # rows truth, cols prediction; class "d" is absent from both.
-    hist = np.array([[3, 1, 0, 0],
-                     [2, 4, 0, 0],
-                     [0, 1, 0, 0],
-                     [0, 0, 0, 0]])
+    hist = np.array([[3, 1, 0, 0], [2, 4, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
     m = metrics.compute_metrics(hist, ["a", "b", "c", "d"])
     assert m.pixel_accuracy == pytest.approx(7 / 11)
     assert m.mean_class_accuracy == pytest.approx((3 / 4 + 4 / 6 + 0) / 3)
@@ -30,8 +27,7 @@ def test_hand_computed_case():
 
 
 def test_predicted_but_absent_from_truth_counts_in_miou_not_in_class_accuracy():
-    hist = np.array([[2, 2],
-                     [0, 0]])  # class 1 never in truth, predicted twice
+    hist = np.array([[2, 2], [0, 0]])  # class 1 never in truth, predicted twice
     m = metrics.compute_metrics(hist, ["x", "y"])
     assert m.per_class_iou == {"x": 0.5, "y": 0.0}
     assert m.miou == pytest.approx(0.25)
@@ -58,8 +54,16 @@ def brute_force(labels, preds, num_classes, ignore):
     ious = [v for v in iou.values() if v is not None]
     accs = [v for v in acc.values() if v is not None]
     fw = sum(np.sum(t == c) / t.size * iou[c] for c in range(num_classes) if iou[c] is not None)
-    return {"pixel_accuracy": np.mean(t == p), "miou": np.mean(ious),
-            "mean_class_accuracy": np.mean(accs), "fw_iou": fw}, iou, acc
+    return (
+        {
+            "pixel_accuracy": np.mean(t == p),
+            "miou": np.mean(ious),
+            "mean_class_accuracy": np.mean(accs),
+            "fw_iou": fw,
+        },
+        iou,
+        acc,
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

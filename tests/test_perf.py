@@ -39,11 +39,19 @@ def _random_params(backbone: dict, variant: str, seed: int = 0, trainable_upsamp
     out = dict(backbone)
     for name, layer in shapes.items():
         if name.startswith("upscore"):
-            bilinear = np.einsum("i,j,ab->ijab", *(2 * [geometry.bilinear_kernel_1d((layer["kernel"].shape[0] + 1) // 2)]), np.eye(NUM_CLASSES))
-            out[name] = {"kernel": jnp.asarray(bilinear + 0.05 * rng.normal(size=bilinear.shape), jnp.float32)}
+            bilinear = np.einsum(
+                "i,j,ab->ijab",
+                *(2 * [geometry.bilinear_kernel_1d((layer["kernel"].shape[0] + 1) // 2)]),
+                np.eye(NUM_CLASSES),
+            )
+            out[name] = {
+                "kernel": jnp.asarray(bilinear + 0.05 * rng.normal(size=bilinear.shape), jnp.float32)
+            }
         elif name.startswith("score_"):
-            out[name] = {k: jnp.asarray((0.05 if k == "kernel" else 0.1) * rng.normal(size=v.shape), jnp.float32)
-                         for k, v in layer.items()}
+            out[name] = {
+                k: jnp.asarray((0.05 if k == "kernel" else 0.1) * rng.normal(size=v.shape), jnp.float32)
+                for k, v in layer.items()
+            }
     assert jax.tree.structure(out) == jax.tree.structure(shapes)
     return out
 
@@ -61,8 +69,10 @@ def test_upsample_equals_transposed_convolution_values_and_gradients(factor, siz
     @jax.jit
     def both(x, kernel):
         fwd = [ops.upsample_reference(x, kernel, factor), ops.upsample(x, kernel, factor)]
-        grads = [jax.grad(lambda a, k: jnp.sum(f(a, k, factor) * cot), (0, 1))(x, kernel)
-                 for f in (ops.upsample_reference, ops.upsample)]
+        grads = [
+            jax.grad(lambda a, k: jnp.sum(f(a, k, factor) * cot), (0, 1))(x, kernel)
+            for f in (ops.upsample_reference, ops.upsample)
+        ]
         return fwd, grads
 
     (ref, new), (g_ref, g_new) = both(x, kernel)
@@ -111,7 +121,10 @@ def test_conv_as_matmul_equals_convolution_values_and_gradients(kernel_shape):
     @jax.jit
     def both(*args):
         fwd = [ops.conv_reference(*args), ops.conv_as_matmul(*args)]
-        grads = [jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(*args) for f in (ops.conv_reference, ops.conv_as_matmul)]
+        grads = [
+            jax.grad(lambda *a: jnp.sum(f(*a) * cot), (0, 1, 2))(*args)
+            for f in (ops.conv_reference, ops.conv_as_matmul)
+        ]
         return fwd, grads
 
     (ref, new), (g_ref, g_new) = both(x, kernel, bias)
@@ -151,8 +164,13 @@ def test_conv_winograd_equals_convolution_values_and_gradients(tile, r, padding,
 
     @jax.jit
     def both(x, kernel):
-        fns = [lambda a, k: ops.conv_same_reference(a, k, padding), lambda a, k: ops.conv_winograd(a, k, padding, tile)]
-        return [f(x, kernel) for f in fns], [jax.grad(lambda a, k: jnp.sum(f(a, k) * cot), (0, 1))(x, kernel) for f in fns]
+        fns = [
+            lambda a, k: ops.conv_same_reference(a, k, padding),
+            lambda a, k: ops.conv_winograd(a, k, padding, tile),
+        ]
+        return [f(x, kernel) for f in fns], [
+            jax.grad(lambda a, k: jnp.sum(f(a, k) * cot), (0, 1))(x, kernel) for f in fns
+        ]
 
     (ref, new), (g_ref, g_new) = both(x, kernel)
     assert new.shape == ref.shape == (2, *out, 7)

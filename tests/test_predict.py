@@ -36,13 +36,17 @@ def camvid_crops(camvid_dir: Path, split: str, count: int, size=(64, 96), top: i
         lab = np.asarray(Image.open(camvid_dir / lab_rel))
         h, w = size
         x = 60 + 90 * k
-        out.append((Path(img_rel).stem, img[top : top + h, x : x + w].copy(), lab[top : top + h, x : x + w].copy()))
+        out.append(
+            (Path(img_rel).stem, img[top : top + h, x : x + w].copy(), lab[top : top + h, x : x + w].copy())
+        )
     return out
 
 
 def random_params(model: FCN, seed: int = 0) -> dict:
     """He-normal kernels, non-zero biases (zero-bias nets hide padding effects), bilinear upsampling."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 33, 33, 3), np.float32))["params"])
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((1, 33, 33, 3), np.float32))["params"]
+    )
     rng = np.random.default_rng(seed)
 
     def fill(path, s):
@@ -63,15 +67,23 @@ def camvid_meta(splits=None):
     return DatasetMeta("camvid", 11, 11, list(camvid.CLASS_NAMES), camvid.PALETTE, splits or {"val": 0})
 
 
-def write_run(workdir: Path, params: dict, meta, data_dir: str = "", step: int = 8,
-              variant: str = VARIANT) -> Path:
+def write_run(
+    workdir: Path, params: dict, meta, data_dir: str = "", step: int = 8, variant: str = VARIANT
+) -> Path:
     """A run directory as `fcn_jax.train` writes it: config.json, dataset.json, best/<step>."""
     from fcn_jax import checkpoints, training
 
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {"model": {"num_classes": meta.num_classes, "variant": variant, "dropout_rate": 0.5,
-                        "trainable_upsampling": True, "dtype": "float32"},
-              "data": {"data_dir": str(data_dir), "eval_split": "val"}}
+    config = {
+        "model": {
+            "num_classes": meta.num_classes,
+            "variant": variant,
+            "dropout_rate": 0.5,
+            "trainable_upsampling": True,
+            "dtype": "float32",
+        },
+        "data": {"data_dir": str(data_dir), "eval_split": "val"},
+    }
     checkpoints.write_json(workdir / "config.json", config)
     checkpoints.write_json(workdir / "dataset.json", checkpoints.meta_to_json(meta))
     model = FCN(meta.num_classes, variant)
@@ -123,7 +135,17 @@ def reference(model, params):
 
 
 def test_bucket_lengths_are_the_models_own_padding_classes():
-    assert [bucket_length(n) for n in (1, 2, 33, 34, 64, 65, 66, 360, 480)] == [1, 33, 33, 65, 65, 65, 97, 385, 481]
+    assert [bucket_length(n) for n in (1, 2, 33, 34, 64, 65, 66, 360, 480)] == [
+        1,
+        33,
+        33,
+        65,
+        65,
+        65,
+        97,
+        385,
+        481,
+    ]
     plan = functools.lru_cache(None)(lambda n: geometry.plan_axis(n, VARIANT))
     for n in [*range(1, 70), *range(350, 362), 480]:
         b = bucket_length(n, VARIANT)
@@ -232,8 +254,9 @@ def test_cli_predict_writes_outputs_and_reports_bad_files(run_dir, seg, crops, t
     (src / "README.txt").write_text("skipped: not an image extension")
     missing = tmp_path / "nope.jpg"
     out = tmp_path / "out"
-    code = cli.main(["predict", "--checkpoint", str(run_dir), str(src), str(missing),
-                     "--out", str(out), "--quiet"])
+    code = cli.main(
+        ["predict", "--checkpoint", str(run_dir), str(src), str(missing), "--out", str(out), "--quiet"]
+    )
     err = capsys.readouterr().err
     assert code == 1
     for bad in ("notes.png", "empty.png", "nope.jpg"):
@@ -248,8 +271,10 @@ def test_cli_predict_writes_outputs_and_reports_bad_files(run_dir, seg, crops, t
     np.testing.assert_array_equal(labels, seg.predict(crops[0][1]))
     color = np.asarray(Image.open(out / "color" / "a.png"))
     np.testing.assert_array_equal(color, camvid_meta().palette[labels])
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "labels" / "gray.png")),
-                                  seg.predict(np.repeat(crops[1][1][..., 1:2], 3, -1)))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "labels" / "gray.png")),
+        seg.predict(np.repeat(crops[1][1][..., 1:2], 3, -1)),
+    )
     assert (out / "legend.png").is_file()
 
     # all good inputs: exit code 0

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from test_predict import VARIANT, camvid_crops, random_params, write_run
 
 from fcn_jax import cli, data, evaluate, metrics, visualize
 from fcn_jax.models import FCN
-from test_predict import VARIANT, camvid_crops, random_params, write_run
 
 # val: three crops; with batch 2 the second batch holds one padding example that must not count
 TOPS = {"train": 140, "val": 150, "test": 190}
@@ -31,7 +31,9 @@ def dataset(tmp_path_factory, camvid_dir) -> Path:
         (src / f"{split}annot").mkdir()
         lines = []
         source_split = "val" if split == "test" else split  # the test split is held out here
-        for k, (stem, img, lab) in enumerate(camvid_crops(camvid_dir, source_split, len(sizes), top=TOPS[split])):
+        for k, (stem, img, lab) in enumerate(
+            camvid_crops(camvid_dir, source_split, len(sizes), top=TOPS[split])
+        ):
             h, w = sizes[k]
             name = f"{stem}_{split}{k}.png"
             Image.fromarray(img[:h, :w]).save(src / split / name)
@@ -57,8 +59,18 @@ def run_dir(tmp_path_factory, params, dataset) -> Path:
     rng = np.random.default_rng(0)
     with open(run / "metrics.jsonl", "w") as f:
         for step in range(1, 9):
-            f.write(json.dumps({"step": step, "split": "train", "loss": 2.4 / step ** 0.5,
-                                "learning_rate": 1e-3 * (1 - step / 9) ** 0.9, "images_per_s": 3.0}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "split": "train",
+                        "loss": 2.4 / step**0.5,
+                        "learning_rate": 1e-3 * (1 - step / 9) ** 0.9,
+                        "images_per_s": 3.0,
+                    }
+                )
+                + "\n"
+            )
             if step % 4 == 0:
                 hist = rng.integers(0, 50, (11, 11)) + np.diag(rng.integers(100, 400, 11) * step)
                 hist[10] = 0  # Bicyclist absent from truth ...
@@ -93,7 +105,9 @@ def test_evaluate_equals_per_image_brute_force(model, params, dataset):
 
 
 def test_eval_command_on_test_split_and_missing_split(run_dir, capsys):
-    assert cli.main(["eval", "--workdir", str(run_dir), "--split", "test", "--batch-size", "2", "--quiet"]) == 0
+    assert (
+        cli.main(["eval", "--workdir", str(run_dir), "--split", "test", "--batch-size", "2", "--quiet"]) == 0
+    )
     printed = capsys.readouterr().out
     saved = json.loads((run_dir / "eval_test.json").read_text())
     assert saved["split"] == "test" and saved["num_images"] == 2
@@ -113,8 +127,14 @@ def test_report_command(run_dir, capsys):
     out = run_dir / "report"
     readme = (out / "README.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
-    assert set(links) == {"loss.png", "learning_rate.png", "val_metrics.png", "confusion_val.png",
-                          "predictions_val.png", "legend.png"}
+    assert set(links) == {
+        "loss.png",
+        "learning_rate.png",
+        "val_metrics.png",
+        "confusion_val.png",
+        "predictions_val.png",
+        "legend.png",
+    }
     for link in links:
         with Image.open(out / link) as im:
             assert im.size[0] > 100 and im.size[1] > 30, link

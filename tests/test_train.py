@@ -50,8 +50,19 @@ def _env(**extra) -> dict:
 
 
 def _train_cmd(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fcn_jax", "train", "--config", str(REPO / "experiments/camvid_smoke.py"),
-            "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fcn_jax",
+        "train",
+        "--config",
+        str(REPO / "experiments/camvid_smoke.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={data_dir}",
+        *TINY,
+        *extra,
+    ]
 
 
 def _run(cmd, timeout=300, **env) -> subprocess.CompletedProcess:
@@ -72,7 +83,10 @@ def _assert_trees(a, b, rtol=0.0):
             np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
         else:
             scale = max(np.abs(y).max(), 1e-12)
-            assert np.abs(x - y).max() <= rtol * scale, (jax.tree_util.keystr(path), np.abs(x - y).max() / scale)
+            assert np.abs(x - y).max() <= rtol * scale, (
+                jax.tree_util.keystr(path),
+                np.abs(x - y).max() / scale,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +102,14 @@ def test_a_few_steps_lower_the_loss(camvid_small):
     from fcn_jax import data
 
     model = FCN(11, "32s")
-    tx, _ = training.make_optimizer({"name": "adamw", "learning_rate": 1e-4, "decay_steps": 10, "schedule": "constant"})
+    tx, _ = training.make_optimizer(
+        {"name": "adamw", "learning_rate": 1e-4, "decay_steps": 10, "schedule": "constant"}
+    )
     state = training.init_state(model, tx, jax.random.PRNGKey(0))
     train_step, _ = training.compile_steps(training.data_mesh(jax.devices()[:1]), model, tx, 11)
-    loader = data.TrainLoader(camvid_small, global_batch_size=2, crop_size=(64, 96), process_index=0, process_count=1)
+    loader = data.TrainLoader(
+        camvid_small, global_batch_size=2, crop_size=(64, 96), process_index=0, process_count=1
+    )
     batch = next(loader)  # one fixed batch: the loss on it must fall
     losses = []
     for _ in range(6):
@@ -115,7 +133,13 @@ def test_metrics_log_and_checkpoints_of_a_run(reference):
 
 def test_sigkill_then_resume_gives_bitwise_equal_parameters(reference, camvid_small, tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(workdir, camvid_small), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(workdir, camvid_small),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         while not (workdir / "checkpoints" / "2").is_dir():  # orbax renames a step dir when complete
@@ -145,7 +169,7 @@ def test_resume_skips_a_damaged_latest_checkpoint(reference, camvid_small, tmp_p
     r = _run(_train_cmd(workdir, camvid_small))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipping damaged checkpoint" in r.stdout + r.stderr
-    assert f"checkpoints/2" in r.stdout  # resumed from the step before the damaged one
+    assert "checkpoints/2" in r.stdout  # resumed from the step before the damaged one
     _assert_trees(_params(workdir), _params(reference))
 
 
@@ -173,9 +197,23 @@ def test_two_processes_on_loopback_match_one_process(reference, camvid_small, tm
     port = _free_port()
     procs = [
         subprocess.Popen(
-            _train_cmd(workdir, camvid_small, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                       "--process-id", str(i), "--init-timeout", "60"),
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            _train_cmd(
+                workdir,
+                camvid_small,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--init-timeout",
+                "60",
+            ),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     outs = []
@@ -193,8 +231,18 @@ def test_two_processes_on_loopback_match_one_process(reference, camvid_small, tm
 
 
 def test_a_peer_that_never_joins_ends_the_process_with_a_message(camvid_small, tmp_path):
-    cmd = _train_cmd(tmp_path / "run", camvid_small, "--coordinator", f"127.0.0.1:{_free_port()}",
-                     "--num-processes", "2", "--process-id", "0", "--init-timeout", "5")
+    cmd = _train_cmd(
+        tmp_path / "run",
+        camvid_small,
+        "--coordinator",
+        f"127.0.0.1:{_free_port()}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        "0",
+        "--init-timeout",
+        "5",
+    )
     t0 = time.time()
     r = _run(cmd, timeout=120)
     assert r.returncode != 0
@@ -209,7 +257,9 @@ EIGHT_DEVICES = textwrap.dedent(
     from fcn_jax.models import FCN
     assert jax.device_count() == 8
     model = FCN(11, "16s")
-    tx, _ = training.make_optimizer({"name": "sgd", "learning_rate": 1e-3, "decay_steps": 3, "bias_lr_mult": 2.0})
+    tx, _ = training.make_optimizer(
+        {"name": "sgd", "learning_rate": 1e-3, "decay_steps": 3, "bias_lr_mult": 2.0}
+    )
     loader = data.TrainLoader(DATA, global_batch_size=8, crop_size=(48, 64), process_index=0, process_count=1)
     batches = [next(loader) for _ in range(3)]
     init = training.init_state(model, tx, jax.random.PRNGKey(0))
@@ -227,8 +277,11 @@ EIGHT_DEVICES = textwrap.dedent(
         results.append(jax.tree.map(np.asarray, state.params))
     # Biases start at zero and move by sums with heavy cancellation, so compare
     # absolutely: weights are O(1e-2), a reduction-order difference is O(1e-9).
-    worst = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])))
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(init.params)))
+    def max_diff(x, y):
+        return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+    worst = max_diff(results[1], results[0])
+    moved = max_diff(results[0], init.params)
     print("max absolute difference", worst, "largest update", moved)
     assert worst < 1e-6 and worst < 1e-3 * moved, (worst, moved)
     """

@@ -17,14 +17,22 @@ HELP = "Evaluate a trained run on a split and print metrics."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True,
-                        help="run directory (uses best/ if present, else the latest of checkpoints/) "
-                             "or one checkpoint step directory inside it")
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        help="run directory (uses best/ if present, else the latest of checkpoints/) "
+        "or one checkpoint step directory inside it",
+    )
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default val)")
-    parser.add_argument("--data-dir", default=None,
-                        help="prepared dataset (default: the run's config.json data.data_dir)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="global batch size, a multiple of the device count (default: 2 per device)")
+    parser.add_argument(
+        "--data-dir", default=None, help="prepared dataset (default: the run's config.json data.data_dir)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size, a multiple of the device count (default: 2 per device)",
+    )
     parser.add_argument("--out", default=None, help="JSON output (default <run dir>/eval_<split>.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -79,22 +87,30 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, DataError, evaluate.SplitNotFound, json.JSONDecodeError) as e:
         return fail(str(e))
     if meta.num_classes != model.num_classes:
-        return fail(f"the model predicts {model.num_classes} classes but {data_dir} has "
-                    f"{meta.num_classes}; pass the --data-dir the run was trained on")
+        return fail(
+            f"the model predicts {model.num_classes} classes but {data_dir} has "
+            f"{meta.num_classes}; pass the --data-dir the run was trained on"
+        )
     mesh = training.data_mesh()
     batch_size = 2 * mesh.size if args.batch_size is None else args.batch_size
     try:
-        result = evaluate.evaluate(model, params, data_dir, args.split, batch_size, mesh,
-                                   progress=not args.quiet)
+        result = evaluate.evaluate(
+            model, params, data_dir, args.split, batch_size, mesh, progress=not args.quiet
+        )
     except ValueError as e:
         return fail(f"--batch-size: {e}" if "batch size" in str(e) else str(e))
-    print(result.table(f"{args.split} ({meta.splits[args.split]} images) of {meta.data_dir}\n"
-                       f"checkpoint {path}"))
+    print(
+        result.table(f"{args.split} ({meta.splits[args.split]} images) of {meta.data_dir}\ncheckpoint {path}")
+    )
     out = Path(args.out) if args.out else run_dir / f"eval_{args.split}.json"
     if jax.process_index() == 0:
-        record = {"checkpoint": checkpoint_step_dir(path), "split": args.split,
-                  "data_dir": str(meta.data_dir), "num_images": meta.splits[args.split],
-                  **result.to_dict()}
+        record = {
+            "checkpoint": checkpoint_step_dir(path),
+            "split": args.split,
+            "data_dir": str(meta.data_dir),
+            "num_images": meta.splits[args.split],
+            **result.to_dict(),
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         print(f"wrote {out}")

@@ -14,15 +14,24 @@ HELP = "Export a trained model as a serialized jax.export artifact."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory (best, else latest checkpoint) or a step directory")
-    parser.add_argument("--out", required=True, help="artifact file; FILE.json and FILE.weights.npz are written beside it")
+    parser.add_argument(
+        "--checkpoint", required=True, help="run directory (best, else latest checkpoint) or a step directory"
+    )
+    parser.add_argument(
+        "--out", required=True, help="artifact file; FILE.json and FILE.weights.npz are written beside it"
+    )
     parser.add_argument("--height", type=int, default=360, help="input height in pixels (default 360)")
     parser.add_argument("--width", type=int, default=480, help="input width in pixels (default 480)")
     parser.add_argument("--batch", type=int, default=None, help="fixed batch size (default: any, symbolic)")
-    parser.add_argument("--output", choices=("both", "labels", "logits"), default="both",
-                        help="what the artifact returns (default both: {'labels', 'logits'})")
-    parser.add_argument("--platforms", default="cpu,cuda",
-                        help="comma-separated lowering platforms (default cpu,cuda)")
+    parser.add_argument(
+        "--output",
+        choices=("both", "labels", "logits"),
+        default="both",
+        help="what the artifact returns (default both: {'labels', 'logits'})",
+    )
+    parser.add_argument(
+        "--platforms", default="cpu,cuda", help="comma-separated lowering platforms (default cpu,cuda)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         return fail(f"--checkpoint {args.checkpoint}: {e}")
     try:
-        side = export.export_model(model, params, meta, args.out, args.height, args.width,
-                                   args.batch, args.output, platforms)
+        side = export.export_model(
+            model, params, meta, args.out, args.height, args.width, args.batch, args.output, platforms
+        )
     except ValueError as e:
         return fail(str(e))
-    print(f"wrote {args.out} ({side['platforms']}, input uint8 {side['input']['shape']}, "
-          f"outputs {', '.join(side['outputs'])}), {export.weights_path(args.out)} and "
-          f"{export.sidecar_path(args.out)}")
+    print(
+        f"wrote {args.out} ({side['platforms']}, input uint8 {side['input']['shape']}, "
+        f"outputs {', '.join(side['outputs'])}), {export.weights_path(args.out)} and "
+        f"{export.sidecar_path(args.out)}"
+    )
     return 0

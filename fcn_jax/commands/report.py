@@ -16,10 +16,17 @@ HELP = "Plot curves, confusion matrix and prediction grid for a run."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="run directory")
     parser.add_argument("--split", default="val", help="split for the metrics and pictures (default val)")
-    parser.add_argument("--num-images", type=int, default=4, help="images in the prediction grid (default 4; 0: none)")
-    parser.add_argument("--data-dir", default=None, help="prepared dataset (default: the run's config.json data.data_dir)")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="evaluate the checkpoint now for the confusion matrix (writes eval_<split>.json)")
+    parser.add_argument(
+        "--num-images", type=int, default=4, help="images in the prediction grid (default 4; 0: none)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="prepared dataset (default: the run's config.json data.data_dir)"
+    )
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate the checkpoint now for the confusion matrix (writes eval_<split>.json)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="batch size for --evaluate (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -31,13 +38,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcn-jax report: --num-images must be >= 0, got {args.num_images}", file=sys.stderr)
         return 2
     try:
-        readme = report.make_report(args.workdir, args.split, args.num_images, args.data_dir,
-                                    args.evaluate, args.batch_size, progress=not args.quiet)
+        readme = report.make_report(
+            args.workdir,
+            args.split,
+            args.num_images,
+            args.data_dir,
+            args.evaluate,
+            args.batch_size,
+            progress=not args.quiet,
+        )
     except FileNotFoundError as e:
         print(f"fcn-jax report: --workdir: {e}", file=sys.stderr)
         return 2
     text = readme.read_text()
     print(f"wrote {readme.parent}/ ({', '.join(sorted(p.name for p in readme.parent.glob('*.png')))})")
     if "## Skipped" in text:
-        print(text[text.index("## Skipped"):].rstrip(), file=sys.stderr)
+        print(text[text.index("## Skipped") :].rstrip(), file=sys.stderr)
     return 0

@@ -10,13 +10,19 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment file (get_config()), e.g. experiments/camvid_fcn8s.py")
+    parser.add_argument(
+        "--config", required=True, help="experiment file (get_config()), e.g. experiments/camvid_fcn8s.py"
+    )
     parser.add_argument("--workdir", required=True, help="run directory; an existing one is resumed")
-    dist = parser.add_argument_group("several processes (hosts); also read from JAX's own environment detection")
+    dist = parser.add_argument_group(
+        "several processes (hosts); also read from JAX's own environment detection"
+    )
     dist.add_argument("--coordinator", default="", help="host:port of process 0")
     dist.add_argument("--num-processes", type=int, default=1)
     dist.add_argument("--process-id", type=int, default=0)
-    dist.add_argument("--init-timeout", type=int, default=120, help="seconds to wait for all processes to join")
+    dist.add_argument(
+        "--init-timeout", type=int, default=120, help="seconds to wait for all processes to join"
+    )
     parser.epilog = "Any config key can be overridden: --config.train.steps=200 --config.model.variant=32s"
 
 

@@ -7,7 +7,7 @@
 All bad input raises DataError, whose message names the file.
 """
 
-from fcn_jax.data.camvid import prepare_camvid, download_camvid
+from fcn_jax.data.camvid import download_camvid, prepare_camvid
 from fcn_jax.data.catalog import CATALOG, cityscapes_ids_to_train_ids, pet_trimap_to_classes, prepare_tfds
 from fcn_jax.data.errors import DataError
 from fcn_jax.data.folder import prepare_folder
@@ -17,10 +17,30 @@ from fcn_jax.data.stats import class_counts, class_stats, class_weights, median_
 from fcn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, normalize_jax
 
 __all__ = [
-    "CATALOG", "DataError", "DatasetMeta", "IMAGENET_MEAN", "IMAGENET_STD", "TrainLoader",
-    "class_counts", "class_stats", "class_weights", "cityscapes_ids_to_train_ids",
-    "default_palette", "denormalize", "download_camvid", "eval_batches", "load_index",
-    "load_meta", "median_frequency_weights", "normalize", "normalize_jax", "open_source",
-    "pet_trimap_to_classes", "prepare_camvid", "prepare_folder", "prepare_tfds",
-    "resolve_dataset_dir", "to_global",
+    "CATALOG",
+    "DataError",
+    "DatasetMeta",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TrainLoader",
+    "class_counts",
+    "class_stats",
+    "class_weights",
+    "cityscapes_ids_to_train_ids",
+    "default_palette",
+    "denormalize",
+    "download_camvid",
+    "eval_batches",
+    "load_index",
+    "load_meta",
+    "median_frequency_weights",
+    "normalize",
+    "normalize_jax",
+    "open_source",
+    "pet_trimap_to_classes",
+    "prepare_camvid",
+    "prepare_folder",
+    "prepare_tfds",
+    "resolve_dataset_dir",
+    "to_global",
 ]

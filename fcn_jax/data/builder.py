@@ -20,8 +20,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -70,8 +70,10 @@ def _image(sample: Sample):
 
         arr = src if src.ndim == 3 else src[..., None].repeat(3, -1)
         if arr.dtype != np.uint8 or arr.shape[-1] != 3:
-            raise DataError(f"{sample.image_name()}: image array must be uint8 (H, W, 3), got "
-                            f"{arr.dtype} {arr.shape}", sample.image_name())
+            raise DataError(
+                f"{sample.image_name()}: image array must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}",
+                sample.image_name(),
+            )
         return Image.fromarray(arr), True
     return imageio.load_image(src, sample.image_name())
 
@@ -81,8 +83,9 @@ def _label(sample: Sample):
     if isinstance(src, np.ndarray):
         arr = src[..., 0] if src.ndim == 3 and src.shape[-1] == 1 else src
         if arr.ndim != 2:
-            raise DataError(f"{sample.label_name()}: label array must be (H, W), got {src.shape}",
-                            sample.label_name())
+            raise DataError(
+                f"{sample.label_name()}: label array must be (H, W), got {src.shape}", sample.label_name()
+            )
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise DataError(f"{sample.label_name()}: label values must fit in 0..255", sample.label_name())
         return arr.astype(np.uint8), True
@@ -96,7 +99,9 @@ def _check(sample: Sample, num_classes: int, ignore_index: int) -> _Checked:
     if label.shape != (h, w):
         raise DataError(
             f"{sample.label_name()}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from "
-            f"its image {sample.image_name()} ({w}x{h})", sample.label_name())
+            f"its image {sample.image_name()} ({w}x{h})",
+            sample.label_name(),
+        )
     counts = imageio.check_label_values(label, num_classes, ignore_index, sample.label_name())
     return _Checked((h, w), counts, image_reencode, label_reencode)
 
@@ -146,8 +151,13 @@ def _ordered_map(fn, items: list, workers: int, chunk: int = 32) -> Iterator:
             yield from pool.map(fn, items[start : start + chunk])
 
 
-def check_samples(splits: dict[str, list[Sample]], num_classes: int, ignore_index: int,
-                  workers: int | None = None, progress: bool = True) -> dict[str, list[_Checked]]:
+def check_samples(
+    splits: dict[str, list[Sample]],
+    num_classes: int,
+    ignore_index: int,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, list[_Checked]]:
     """Decode and check every pair; raise one DataError listing every bad file."""
     errors: list[DataError] = []
     results: dict[str, list[_Checked]] = {}
@@ -161,8 +171,9 @@ def check_samples(splits: dict[str, list[Sample]], num_classes: int, ignore_inde
     for split, samples in splits.items():
         out = []
         it = _ordered_map(safe_check, samples, _workers(workers), chunk=64)
-        for r in tqdm(it, total=len(samples), desc=f"Checking {split}", unit="img",
-                      disable=not progress, leave=False):
+        for r in tqdm(
+            it, total=len(samples), desc=f"Checking {split}", unit="img", disable=not progress, leave=False
+        ):
             (errors.append if isinstance(r, DataError) else out.append)(r)
         results[split] = out
     if len(errors) == 1:
@@ -176,13 +187,16 @@ def check_samples(splits: dict[str, list[Sample]], num_classes: int, ignore_inde
 
 def _validate_args(name, splits, num_classes, ignore_index, class_names, palette):
     if not name.isidentifier() or name != name.lower():
-        raise DataError(f"dataset name {name!r}: use lower case letters, digits and _ "
-                        "(it becomes a TFDS directory name)", name)
+        raise DataError(
+            f"dataset name {name!r}: use lower case letters, digits and _ (it becomes a TFDS directory name)",
+            name,
+        )
     if not 1 <= num_classes <= 255:
         raise DataError(f"{name}: num_classes must be in 1..255 (8-bit masks), got {num_classes}", name)
     if not 0 <= ignore_index <= 255 or ignore_index < num_classes:
-        raise DataError(f"{name}: ignore value must be in {num_classes}..255 (not a class id), "
-                        f"got {ignore_index}", name)
+        raise DataError(
+            f"{name}: ignore value must be in {num_classes}..255 (not a class id), got {ignore_index}", name
+        )
     if len(class_names) != num_classes:
         raise DataError(f"{name}: {len(class_names)} class names for {num_classes} classes", name)
     if palette.shape != (num_classes, 3):
@@ -195,8 +209,11 @@ def _validate_args(name, splits, num_classes, ignore_index, class_names, palette
         seen: dict[str, Sample] = {}
         for s in samples:
             if s.file_name in seen:
-                raise DataError(f"{s.image_name()}: file name {s.file_name!r} occurs twice in split "
-                                f"{split!r} (also {seen[s.file_name].image_name()})", s.image_name())
+                raise DataError(
+                    f"{s.image_name()}: file name {s.file_name!r} occurs twice in split "
+                    f"{split!r} (also {seen[s.file_name].image_name()})",
+                    s.image_name(),
+                )
             seen[s.file_name] = s
 
 
@@ -218,12 +235,15 @@ def _builder_class(name: str):
             info = tfds.core.DatasetInfo(
                 builder=self,
                 description=s["description"],
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-                    "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
-                                                 encoding_format="png"),
-                    "file_name": tfds.features.Text(),
-                }),
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+                        "label": tfds.features.Image(
+                            shape=(None, None, 1), dtype=np.uint8, encoding_format="png"
+                        ),
+                        "file_name": tfds.features.Text(),
+                    }
+                ),
                 supervised_keys=("image", "label"),
                 homepage=s.get("homepage"),
                 citation=s.get("citation"),
@@ -241,7 +261,7 @@ def _builder_class(name: str):
 
         def _generate_examples(self, split):
             samples, checked = self.spec["splits"][split], self.spec["checked"][split]
-            enc = lambda i: _encode(samples[i], checked[i])  # noqa: E731
+            enc = lambda i: _encode(samples[i], checked[i])
             for i, ex in enumerate(_ordered_map(enc, list(range(len(samples))), self.spec["workers"])):
                 yield samples[i].file_name, ex
 
@@ -292,8 +312,9 @@ def write_dataset(
     out = Path(out).expanduser().resolve()
     target = out / name / DATASET_VERSION
     if target.exists() and not overwrite:
-        raise DataError(f"{target}: already prepared; pass overwrite=True (--overwrite) to "
-                        "replace it", target)
+        raise DataError(
+            f"{target}: already prepared; pass overwrite=True (--overwrite) to replace it", target
+        )
 
     checked = check_samples(splits, num_classes, ignore_index, workers, progress)
 
@@ -335,9 +356,13 @@ def write_dataset(
         }
     _check_record_order(builder, index)
     (target / INDEX_FILE).write_text(json.dumps(index))
-    stats = {"format": FORMAT_VERSION, "num_classes": num_classes, "ignore_index": ignore_index,
-             "class_names": class_names,
-             "splits": {s: _class_stats(c, num_classes, ignore_index) for s, c in checked.items()}}
+    stats = {
+        "format": FORMAT_VERSION,
+        "num_classes": num_classes,
+        "ignore_index": ignore_index,
+        "class_names": class_names,
+        "splits": {s: _class_stats(c, num_classes, ignore_index) for s, c in checked.items()},
+    }
     (target / STATS_FILE).write_text(json.dumps(stats, indent=1))
     return target
 

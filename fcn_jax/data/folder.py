@@ -30,8 +30,11 @@ def _files(d: Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in exts:
             continue
         if p.stem in by_stem:
-            raise DataError(f"{p}: two {what} files share the stem {p.stem!r} "
-                            f"({by_stem[p.stem].name}); names must be unique up to the extension", p)
+            raise DataError(
+                f"{p}: two {what} files share the stem {p.stem!r} "
+                f"({by_stem[p.stem].name}); names must be unique up to the extension",
+                p,
+            )
         by_stem[p.stem] = p
     if not by_stem:
         raise DataError(f"{d}: {what} directory is empty (no {', '.join(exts)} files)", d)
@@ -53,8 +56,13 @@ def match_by_stem(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> l
     problems = []
     for stem, p in images.items():
         if stem + mask_suffix not in masks:
-            problems.append((f"{p}: no mask for this image in {masks_dir} "
-                             f"(looked for {stem}{mask_suffix}.png or another mask extension)", p))
+            problems.append(
+                (
+                    f"{p}: no mask for this image in {masks_dir} "
+                    f"(looked for {stem}{mask_suffix}.png or another mask extension)",
+                    p,
+                )
+            )
     wanted = {stem + mask_suffix for stem in images}
     for stem, p in masks.items():
         if stem not in wanted:
@@ -64,8 +72,9 @@ def match_by_stem(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> l
     return [(p, masks[stem + mask_suffix]) for stem, p in images.items()]
 
 
-def read_list_file(list_file, images_dir: Path | None, masks_dir: Path | None,
-                   mask_suffix: str = "") -> list[tuple[Path, Path]]:
+def read_list_file(
+    list_file, images_dir: Path | None, masks_dir: Path | None, mask_suffix: str = ""
+) -> list[tuple[Path, Path]]:
     list_file = Path(list_file).expanduser()
     if not list_file.is_file():
         raise DataError(f"{list_file}: list file does not exist", list_file)
@@ -119,12 +128,24 @@ def split_by_fraction(pairs: list, fractions: Mapping[str, float], seed: int) ->
     return out
 
 
-def prepare_folder(images_dir, masks_dir, out=None, num_classes: int | None = None,
-                   ignore_index: int = 255, class_names=None, list_file=None,
-                   splits: Mapping[str, float | str | Path] | None = None, *, name: str = "folder",
-                   palette=None, mask_suffix: str = "", split_seed: int = 0,
-                   overwrite: bool = False, workers: int | None = None,
-                   progress: bool = True) -> Path:
+def prepare_folder(
+    images_dir,
+    masks_dir,
+    out=None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    class_names=None,
+    list_file=None,
+    splits: Mapping[str, float | str | Path] | None = None,
+    *,
+    name: str = "folder",
+    palette=None,
+    mask_suffix: str = "",
+    split_seed: int = 0,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Prepare a folder dataset under `out` (`<out>/<name>/1.0.0`); returns that directory.
 
     splits: {"train": 0.9, "val": 0.1} (fractions, shuffled with `split_seed`; the default) or
@@ -156,7 +177,15 @@ def prepare_folder(images_dir, masks_dir, out=None, num_classes: int | None = No
     if isinstance(class_names, str):
         class_names = [c.strip() for c in class_names.split(",")]
     return write_dataset(
-        name, default_out(out), samples, num_classes=num_classes, ignore_index=ignore_index,
-        class_names=class_names, palette=palette,
+        name,
+        default_out(out),
+        samples,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        class_names=class_names,
+        palette=palette,
         source=f"images={images_dir} masks={masks_dir} list_file={list_file}",
-        overwrite=overwrite, workers=workers, progress=progress)
+        overwrite=overwrite,
+        workers=workers,
+        progress=progress,
+    )

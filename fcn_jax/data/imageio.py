@@ -36,8 +36,11 @@ def _open(source, what: str, name: str) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{name}: {what} file does not exist", name) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{name}: cannot decode {what} ({type(e).__name__}: {e}); "
-                        "the file is corrupt, truncated or not an image", name) from None
+        raise DataError(
+            f"{name}: cannot decode {what} ({type(e).__name__}: {e}); "
+            "the file is corrupt, truncated or not an image",
+            name,
+        ) from None
 
 
 def load_image(source, name: str) -> tuple[Image.Image, bool]:
@@ -52,12 +55,16 @@ def load_image(source, name: str) -> tuple[Image.Image, bool]:
             raise DataError(
                 f"{name}: image has transparent pixels (mode {mode}, min alpha {int(alpha.min())}); "
                 "their colour is undefined, so it is refused. Flatten it onto a background "
-                "first, or save it without alpha", name)
+                "first, or save it without alpha",
+                name,
+            )
         return im.convert("RGBA").convert("RGB"), True
     if mode in ("L", "1", "P", "CMYK", "YCbCr"):
         return im.convert("RGB"), True
-    raise DataError(f"{name}: unsupported image mode {mode!r} (16-bit or float images are "
-                    "refused; save as 8-bit RGB)", name)
+    raise DataError(
+        f"{name}: unsupported image mode {mode!r} (16-bit or float images are refused; save as 8-bit RGB)",
+        name,
+    )
 
 
 def load_label(source, name: str) -> tuple[np.ndarray, bool]:
@@ -72,13 +79,17 @@ def load_label(source, name: str) -> tuple[np.ndarray, bool]:
     if mode in ("I", "I;16", "I;16B", "I;16L"):
         arr = np.asarray(im)
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataError(f"{name}: label values up to {int(arr.max())} do not fit the 8-bit "
-                            "masks this project stores (at most 255 classes)", name)
+            raise DataError(
+                f"{name}: label values up to {int(arr.max())} do not fit the 8-bit "
+                "masks this project stores (at most 255 classes)",
+                name,
+            )
         return arr.astype(np.uint8), True
     raise DataError(
         f"{name}: label must be a single-channel image of class indices (mode L or P), got "
         f"mode {mode!r}; colour-coded masks must be converted to indices first (docs/data.md)",
-        name)
+        name,
+    )
 
 
 def encode_png(array_or_image, compress_level: int = 1) -> bytes:
@@ -96,5 +107,7 @@ def check_label_values(label: np.ndarray, num_classes: int, ignore_index: int, n
         shown = ", ".join(f"{v} ({counts[v]} px)" for v in bad[:8])
         raise DataError(
             f"{name}: label values outside 0..{num_classes - 1} that are not the ignore value "
-            f"{ignore_index}: {shown}", name)
+            f"{ignore_index}: {shown}",
+            name,
+        )
     return counts

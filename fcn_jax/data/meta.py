@@ -89,12 +89,18 @@ def resolve_dataset_dir(data_dir) -> Path:
     if not found:
         found = sorted(q.parent for q in p.glob("*/*/dataset_info.json"))
     if not found:
-        raise DataError(f"{p}: no prepared dataset here (no dataset_info.json found in it or "
-                        "two levels below); run `fcn-jax prepare ...` first", p)
+        raise DataError(
+            f"{p}: no prepared dataset here (no dataset_info.json found in it or "
+            "two levels below); run `fcn-jax prepare ...` first",
+            p,
+        )
     names = {q.parent.name for q in found}
     if len(names) > 1:
-        raise DataError(f"{p}: holds several datasets ({', '.join(sorted(names))}); pass "
-                        "the one you mean, e.g. " + str(found[0]), p)
+        raise DataError(
+            f"{p}: holds several datasets ({', '.join(sorted(names))}); pass "
+            "the one you mean, e.g. " + str(found[0]),
+            p,
+        )
 
     def version_key(q: Path):
         try:
@@ -109,8 +115,10 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: missing; the dataset directory was not written by "
-                        "`fcn-jax prepare` or is incomplete", path) from None
+        raise DataError(
+            f"{path}: missing; the dataset directory was not written by `fcn-jax prepare` or is incomplete",
+            path,
+        ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})", path) from None
 
@@ -120,8 +128,11 @@ def load_meta(data_dir) -> DatasetMeta:
     info = _read_json(d / "dataset_info.json")
     md = _read_json(d / "metadata.json")
     if "num_classes" not in md:
-        raise DataError(f"{d / 'metadata.json'}: no fcn_jax metadata (num_classes); prepare the "
-                        "dataset with `fcn-jax prepare`", d / "metadata.json")
+        raise DataError(
+            f"{d / 'metadata.json'}: no fcn_jax metadata (num_classes); prepare the "
+            "dataset with `fcn-jax prepare`",
+            d / "metadata.json",
+        )
     splits = {s["name"]: int(sum(int(n) for n in s.get("shardLengths", []))) for s in info.get("splits", [])}
     return DatasetMeta(
         name=info.get("name", d.parent.name),

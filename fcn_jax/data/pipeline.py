@@ -40,8 +40,7 @@ def open_source(data_dir, split: str):
 
     meta = load_meta(data_dir)
     if split not in meta.splits:
-        raise DataError(f"{meta.data_dir}: no split {split!r} (have {', '.join(meta.splits)})",
-                        meta.data_dir)
+        raise DataError(f"{meta.data_dir}: no split {split!r} (have {', '.join(meta.splits)})", meta.data_dir)
     return tfds.builder_from_directory(str(meta.data_dir)).as_data_source(split)
 
 
@@ -53,6 +52,11 @@ def _read(source, index: int) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _threads(num_threads: int | None) -> int:
     return num_threads or min(16, max(2, os.cpu_count() or 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
 class TrainLoader:
@@ -68,18 +72,31 @@ class TrainLoader:
     uint8 images to be normalised on the device with `transforms.normalize_jax`.
     """
 
-    def __init__(self, data_dir, *, split: str = "train", global_batch_size: int,
-                 crop_size: tuple[int, int] | None = (360, 480),
-                 scale_range: tuple[float, float] | None = (0.75, 1.25), flip: bool = True,
-                 seed: int = 0, process_index: int | None = None,
-                 process_count: int | None = None, num_threads: int | None = None,
-                 prefetch: int | None = None, cache: bool = False, normalize: bool = True):
+    def __init__(
+        self,
+        data_dir,
+        *,
+        split: str = "train",
+        global_batch_size: int,
+        crop_size: tuple[int, int] | None = (360, 480),
+        scale_range: tuple[float, float] | None = (0.75, 1.25),
+        flip: bool = True,
+        seed: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        num_threads: int | None = None,
+        prefetch: int | None = None,
+        cache: bool = False,
+        normalize: bool = True,
+    ):
         self.meta = load_meta(data_dir)
         self.split = split
         self.process_index, self.process_count = _process(process_index, process_count)
         if global_batch_size < 1 or global_batch_size % self.process_count:
-            raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple "
-                             f"of the process count {self.process_count}")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} must be a positive multiple "
+                f"of the process count {self.process_count}"
+            )
         self.global_batch_size = int(global_batch_size)
         self.local_batch_size = self.global_batch_size // self.process_count
         if split not in self.meta.splits:
@@ -87,14 +104,20 @@ class TrainLoader:
         self.num_examples = self.meta.splits[split]
         self.steps_per_epoch = self.num_examples // self.global_batch_size
         if self.steps_per_epoch == 0:
-            raise DataError(f"{self.meta.data_dir}: split {split!r} has {self.num_examples} examples, "
-                            f"fewer than one global batch ({self.global_batch_size})", self.meta.data_dir)
+            raise DataError(
+                f"{self.meta.data_dir}: split {split!r} has {self.num_examples} examples, "
+                f"fewer than one global batch ({self.global_batch_size})",
+                self.meta.data_dir,
+            )
         self.crop_size = None if crop_size is None else (int(crop_size[0]), int(crop_size[1]))
         if self.crop_size is None:
             shapes = {tuple(s) for s in load_index(data_dir, split)["shapes"]}
             if len(shapes) > 1:
-                raise DataError(f"{self.meta.data_dir}: crop_size=None needs images of one size, split "
-                                f"{split!r} has {len(shapes)} sizes; give a crop_size", self.meta.data_dir)
+                raise DataError(
+                    f"{self.meta.data_dir}: crop_size=None needs images of one size, split "
+                    f"{split!r} has {len(shapes)} sizes; give a crop_size",
+                    self.meta.data_dir,
+                )
         self.scale_range = None if scale_range is None else tuple(float(s) for s in scale_range)
         self.flip = bool(flip)
         self.seed = int(seed)
@@ -108,9 +131,8 @@ class TrainLoader:
         self._it = None
 
     # -- order and augmentation: functions of (seed, epoch, position) only ----------------
-    @functools.lru_cache(maxsize=4)
     def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        return _permutation(self.seed, epoch, self.num_examples)
 
     def _position(self, local_element: int) -> tuple[int, int]:
         """Local element counted from epoch 0 -> (epoch, position within the epoch's order)."""
@@ -130,8 +152,14 @@ class TrainLoader:
             image, label = self._cache[index]
         rng = np.random.default_rng([self.seed, epoch, position, 1])
         image, label = transforms.augment(
-            image, label, rng, crop_size=self.crop_size, scale_range=self.scale_range,
-            flip=self.flip, ignore_index=self.meta.ignore_index)
+            image,
+            label,
+            rng,
+            crop_size=self.crop_size,
+            scale_range=self.scale_range,
+            flip=self.flip,
+            ignore_index=self.meta.ignore_index,
+        )
         image = transforms.normalize(image) if self.normalize else np.ascontiguousarray(image)
         return {"image": image, "label": label.astype(np.int32)}
 
@@ -142,8 +170,9 @@ class TrainLoader:
         start = (self._epoch * self.steps_per_epoch + self._step) * L
         ds = grain.MapDataset.range(start, start + _EPOCHS_AHEAD * self.steps_per_epoch * L)
         ds = ds.map(lambda j: self.example(*self._position(j)))
-        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
-                                                     prefetch_buffer_size=self.prefetch))
+        it_ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
+        )
         return iter(it_ds.batch(L, drop_remainder=True))
 
     # -- iteration and state --------------------------------------------------------------
@@ -165,15 +194,23 @@ class TrainLoader:
 
     def get_state(self) -> dict:
         """Where the next batch comes from; JSON-serialisable."""
-        return {"version": STATE_VERSION, "split": self.split, "seed": self.seed,
-                "global_batch_size": self.global_batch_size, "num_examples": self.num_examples,
-                "epoch": self._epoch, "step_in_epoch": self._step}
+        return {
+            "version": STATE_VERSION,
+            "split": self.split,
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "num_examples": self.num_examples,
+            "epoch": self._epoch,
+            "step_in_epoch": self._step,
+        }
 
     def set_state(self, state: dict) -> None:
         for key in ("seed", "global_batch_size", "num_examples", "split"):
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"loader state has {key}={state[key]!r}, this loader "
-                                 f"{getattr(self, key)!r}: it belongs to another configuration")
+                raise ValueError(
+                    f"loader state has {key}={state[key]!r}, this loader "
+                    f"{getattr(self, key)!r}: it belongs to another configuration"
+                )
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         if not 0 <= step < self.steps_per_epoch or epoch < 0:
             raise ValueError(f"loader state epoch={epoch} step_in_epoch={step} out of range")
@@ -181,8 +218,14 @@ class TrainLoader:
         self._it = None  # restart the stream from the restored position
 
 
-def eval_batches(data_dir, split: str, global_batch_size: int, process_index: int | None = None,
-                 process_count: int | None = None, num_threads: int | None = None):
+def eval_batches(
+    data_dir,
+    split: str,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int | None = None,
+):
     """Whole images, no augmentation, in dataset order, grouped by image size.
 
     Yields {"image": float32 (L, H, W, 3), "label": int32 (L, H, W), "valid": bool (L,),
@@ -211,20 +254,29 @@ def eval_batches(data_dir, split: str, global_batch_size: int, process_index: in
     def load(item):
         i, valid = item
         image, label, name = _read(source, i)
-        return {"image": transforms.normalize(image), "label": label.astype(np.int32),
-                "valid": valid, "file_name": name}
+        return {
+            "image": transforms.normalize(image),
+            "label": label.astype(np.int32),
+            "valid": valid,
+            "file_name": name,
+        }
 
     threads = _threads(num_threads)
-    ds = grain.MapDataset.source(local).map(load).to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * L, threads)))
+    ds = (
+        grain.MapDataset.source(local)
+        .map(load)
+        .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * L, threads)))
+    )
     group = []
     for ex in ds:
         group.append(ex)
         if len(group) == L:
-            yield {"image": np.stack([e["image"] for e in group]),
-                   "label": np.stack([e["label"] for e in group]),
-                   "valid": np.array([e["valid"] for e in group], bool),
-                   "file_name": [e["file_name"] for e in group]}
+            yield {
+                "image": np.stack([e["image"] for e in group]),
+                "label": np.stack([e["label"] for e in group]),
+                "valid": np.array([e["valid"] for e in group], bool),
+                "file_name": [e["file_name"] for e in group],
+            }
             group = []
 
 
@@ -237,5 +289,9 @@ def to_global(batch: dict, mesh, axis: str = "data") -> dict:
     from jax.sharding import NamedSharding, PartitionSpec
 
     sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            if isinstance(v, (np.ndarray, jax.Array)) else v for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        if isinstance(v, (np.ndarray, jax.Array))
+        else v
+        for k, v in batch.items()
+    }

@@ -35,8 +35,12 @@ def _compute(data_dir, split: str) -> dict:
         pixels += counts[:k]
         present[counts[:k] > 0] += counts[:k].sum()
         ignored += int(counts[meta.ignore_index])
-    return {"num_images": len(src), "pixels": pixels.tolist(), "ignored": ignored,
-            "labelled_pixels_of_images_with_class": present.tolist()}
+    return {
+        "num_images": len(src),
+        "pixels": pixels.tolist(),
+        "ignored": ignored,
+        "labelled_pixels_of_images_with_class": present.tolist(),
+    }
 
 
 def class_stats(data_dir, split: str = "train") -> dict:
