@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from fcn_jax import geometry
+from fcn_jax.fsutil import atomic_write_bytes, atomic_write_text
 from fcn_jax.models import CHANNELS, FCN, init_params
 
 # torchvision's AlexNet flattens pool5 (C=256, H=6, W=6) before classifier.1.
@@ -70,12 +71,25 @@ def _weight_to_kernel(w: np.ndarray, kind: str) -> np.ndarray:
     return w.T[None, None]
 
 
+def _is_array(value: Any) -> bool:
+    """A torch tensor (recognised without importing torch), a numpy or a jax array."""
+    return hasattr(value, "detach") or isinstance(value, (np.ndarray, jax.Array))
+
+
 def alexnet_from_torch(state_dict: Mapping[str, Any]) -> dict:
     """Flax params for `fcn_jax.models.AlexNet` from a torchvision-layout state_dict.
 
-    Tensors or numpy arrays are accepted. Missing, unexpected and wrongly shaped
-    entries are all reported in one error.
+    Tensors or numpy arrays are accepted. Any other value (a number, a string, a nested
+    dict: signs of a training checkpoint rather than a state_dict) is refused naming its key,
+    instead of being turned into a 0-d array or failing inside numpy. Missing, unexpected and
+    wrongly shaped entries are all reported in one error.
     """
+    not_arrays = [f"{k!r} ({type(v).__name__})" for k, v in state_dict.items() if not _is_array(v)]
+    if not_arrays:
+        raise ValueError(
+            f"state_dict values that are not tensors or arrays: {', '.join(not_arrays)}; "
+            "a state_dict maps parameter names to tensors"
+        )
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
     num_classes = arrays["classifier.6.bias"].shape[0] if "classifier.6.bias" in arrays else 1000
     expected = _expected_shapes(num_classes)
@@ -133,10 +147,8 @@ def save_params(params: Mapping, path: str | os.PathLike) -> str:
     data = params_to_bytes(params)
     digest = checksum(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    atomic_write_bytes(path, data)
+    atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return digest
 
 
@@ -154,8 +166,35 @@ def load_params(path: str | os.PathLike, sha256: str | None = None) -> dict:
         raise ValueError(f"{path} is not a parameter file written by fcn-jax convert: {e}") from e
 
 
-def load_torch_state_dict(path: str | os.PathLike) -> dict:
-    """Read a `.pth` file (a state_dict, or a whole pickled model) with torch."""
+# Keys under which training scripts commonly store the weights, tried in this order.
+STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
+
+
+def unwrap_state_dict(obj: Mapping) -> tuple[Mapping, str | None]:
+    """(state_dict, wrapper key): a checkpoint such as {"epoch": 3, "state_dict": {...}} gives
+    its inner mapping and "state_dict"; a plain state_dict is returned as is with None.
+
+    Only a mapping that is not itself all tensors is unwrapped, so a state_dict whose
+    parameter happens to be called "model" is never mistaken for a wrapper.
+    """
+    if all(_is_array(v) for v in obj.values()):
+        return obj, None
+    for key in STATE_DICT_WRAPPERS:
+        inner = obj.get(key)
+        if hasattr(inner, "state_dict") and not isinstance(inner, Mapping):
+            inner = inner.state_dict()
+        if isinstance(inner, Mapping) and inner:
+            return inner, key
+    return obj, None
+
+
+def load_torch_state_dict(path: str | os.PathLike, note=None) -> dict:
+    """Read a `.pth` file (a state_dict, a whole pickled model, or a training checkpoint that
+    holds the state_dict under one of `STATE_DICT_WRAPPERS`) with torch.
+
+    `note(message)` is told, in one line, when the state_dict was taken from such a wrapper:
+    the other entries (optimizer state, epoch, ...) are then ignored, which the user should see.
+    """
     try:
         import torch
     except ImportError as e:
@@ -171,4 +210,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict:
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state_dict (a mapping of tensors), got {type(obj).__name__}")
+    obj, key = unwrap_state_dict(obj)
+    if key is not None and note is not None:
+        note(f"{path}: using the state_dict stored under {key!r} (other entries ignored)")
     return dict(obj)

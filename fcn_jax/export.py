@@ -29,6 +29,7 @@ docs/inference.md shows the six lines that do it by hand).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,9 @@ import numpy as np
 
 FORMAT = "fcn_jax.export/1"
 OUTPUTS = ("both", "labels", "logits")
+# The lowering platforms jax.export knows. It does not check the names itself: an artifact
+# "for" a misspelt platform exports fine and fails only where it is deployed.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 def sidecar_path(path) -> Path:
@@ -55,6 +59,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+    """The platforms, duplicates dropped; ValueError naming any that jax.export does not know."""
+    platforms = tuple(dict.fromkeys(platforms))
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown or not platforms:
+        what = f"unknown platform {', '.join(map(repr, unknown))}" if unknown else "no platform given"
+        raise ValueError(f"{what} (allowed: {', '.join(PLATFORMS)})")
+    return platforms
 
 
 def flatten_params(params: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
@@ -98,10 +112,19 @@ def export_model(
     output: str = "both",
     platforms: Sequence[str] = ("cpu", "cuda"),
 ) -> dict:
-    """Write the artifact, its weights and its sidecar (see the module doc); returns the sidecar."""
+    """Write the artifact, its weights and its sidecar (see the module doc); returns the sidecar.
+
+    The files are written under temporary names and renamed when all three are complete, so
+    a failure leaves an existing export at `out` as it was; the sidecar, renamed last, records
+    the weights' checksum, so even a crash between the renames is caught by `load` rather than
+    mixing two exports silently (see the comment at the end). Raises ValueError for bad
+    arguments and OSError (one line) if `out` cannot be written.
+    """
     import jax
     import jax.numpy as jnp
     from jax import export as jax_export
+
+    from fcn_jax.fsutil import atomic_output, check_writable_dir
 
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -109,6 +132,14 @@ def export_model(
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1 (or None for any batch size), got {batch}")
+    try:
+        platforms = check_platforms(platforms)
+    except ValueError as e:
+        raise ValueError(f"platforms: {e}") from None
+    out = Path(out)
+    if out.is_dir():
+        raise OSError(f"output {out}: is a directory; give a file name")
+    check_writable_dir(out.parent, "output directory")
     table = normalization_table()
     flat = flatten_params(params)
     plain = unflatten_params(flat)  # no FrozenDict etc.: the loader has no flax
@@ -122,12 +153,8 @@ def export_model(
     b = jax_export.symbolic_shape("batch")[0] if batch is None else int(batch)
     spec = jax.ShapeDtypeStruct((b, int(height), int(width), 3), jnp.uint8)
     p_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), plain)
-    exported = jax_export.export(jax.jit(forward), platforms=tuple(platforms))(p_spec, spec)
+    exported = jax_export.export(jax.jit(forward), platforms=platforms)(p_spec, spec)
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(exported.serialize())
-    np.savez(weights_path(out), **flat)
     c = int(model.num_classes)
     shapes = {
         "labels": {"shape": [batch, height, width], "dtype": "int32"},
@@ -139,7 +166,7 @@ def export_model(
         "format": FORMAT,
         "artifact": out.name,
         "weights": weights_path(out).name,
-        "weights_sha256": _sha256(weights_path(out)),
+        "weights_sha256": None,  # filled in below, from the file written
         "input": {
             "shape": [batch, height, width, 3],
             "dtype": "uint8",
@@ -161,7 +188,20 @@ def export_model(
         "jax_version": jax.__version__,
         "calling_convention_version": exported.calling_convention_version,
     }
-    sidecar_path(out).write_text(json.dumps(side, indent=2) + "\n")
+    # All three are written to temporary names first and renamed only when all are complete,
+    # so a failure while writing (the long part) leaves a previous export at `out` as it was.
+    # The stack renames in reverse order of entry: weights, artifact, sidecar. Whatever
+    # subset a crash between the renames leaves, the sidecar's checksum then does not match
+    # the weights beside it, which `load` reports.
+    with contextlib.ExitStack() as stack:
+        side_tmp = stack.enter_context(atomic_output(sidecar_path(out)))
+        artifact_tmp = stack.enter_context(atomic_output(out))
+        weights_tmp = stack.enter_context(atomic_output(weights_path(out)))
+        artifact_tmp.write_bytes(exported.serialize())
+        with open(weights_tmp, "wb") as f:
+            np.savez(f, **flat)
+        side["weights_sha256"] = _sha256(weights_tmp)
+        side_tmp.write_text(json.dumps(side, indent=2) + "\n")
     return side
 
 

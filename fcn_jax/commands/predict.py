@@ -5,9 +5,12 @@ For every input image writes, under DIR:
     overlay/<name>.png   the colours alpha-blended onto the image (--alpha)
     labels/<name>.png    raw class ids, 8-bit single channel (value i = class i)
 and DIR/legend.png (palette and class names). Folders are read non-recursively (files with
-an image extension; --recursive descends). Grayscale, palette and RGBA images are converted
-to RGB (alpha dropped); EXIF orientation is applied. A file that cannot be read is reported
-on stderr, naming it; the other files are still processed and the exit code is 1.
+an image extension; --recursive descends). Images are read by `fcn_jax.data.imageio.read_rgb`,
+which applies the same rules as `prepare` (docs/data.md): grayscale, palette and opaque RGBA
+images are converted to RGB; images with transparent pixels and 16-bit or float images are
+refused; EXIF orientation is applied. A file that cannot be read is reported on stderr,
+naming it; the other files are still processed and the exit code is 1. Every input gets its
+own output name (see `_output_names`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import sys
 from pathlib import Path
 
 HELP = "Segment images and write colour masks, overlays and label PNGs."
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
     """(image files, error messages) from file and folder arguments."""
+    from fcn_jax.data.imageio import IMAGE_EXTENSIONS
+
     files, errors = [], []
     for arg in inputs:
         p = Path(arg)
@@ -62,34 +66,25 @@ def collect(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
     return files, errors
 
 
-def read_image(path: Path):
-    """uint8 RGB (H, W, 3); ValueError with a message naming the file."""
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        if path.stat().st_size == 0:
-            raise ValueError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.width == 0 or im.height == 0:
-                raise ValueError(f"{path}: image has zero size ({im.width}x{im.height})")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise ValueError(f"{path}: {im.mode} (16-bit/float) images are not supported; save as 8-bit")
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
-
-
 def _output_names(files: list[Path]) -> list[str]:
-    """File stems, made unique (a.png and a.jpg, or dir1/a.png and dir2/a.png)."""
-    seen: dict[str, int] = {}
+    """One output name per input, distinct even ignoring case, the same for the same list.
+
+    A file keeps its stem unless an earlier file took it (a.png and a.jpg, or dir1/a.png and
+    dir2/a.png); then it gets `<stem>_<k>` with the smallest k that is no input's stem and not
+    already given. Reserving every plain stem first is what stops a.jpg's `a_1` from
+    overwriting the outputs of an input really called a_1.png. Case is ignored so that A.png
+    and a.png do not share files on case-insensitive file systems (macOS, Windows).
+    """
+    taken = {f.stem.casefold() for f in files}
+    given: set[str] = set()
     names = []
     for f in files:
-        n = seen.get(f.stem, 0)
-        seen[f.stem] = n + 1
-        names.append(f.stem if n == 0 else f"{f.stem}_{n}")
+        name, k = f.stem, 0
+        while name.casefold() in given or (k and name.casefold() in taken):
+            k += 1
+            name = f"{f.stem}_{k}"
+        given.add(name.casefold())
+        names.append(name)
     return names
 
 
@@ -99,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fcn_jax import visualize
+    from fcn_jax.data.imageio import read_rgb
     from fcn_jax.predict import Segmenter
 
     def err(msg: str) -> None:
@@ -137,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         batch = []
         for f, name in zip(files[start : start + chunk], names[start : start + chunk]):
             try:
-                batch.append((f, name, read_image(f)))
+                batch.append((f, name, read_rgb(f)))
             except ValueError as e:
                 err(str(e))
                 failed += 1

@@ -5,6 +5,8 @@ are collected and raised as one `DataError` naming each file, before anything is
 Then a TFDS `GeneratorBasedBuilder` writes the examples: PNG files that need no conversion are
 stored byte for byte, anything converted is re-encoded as PNG. Record order is the order given
 (`disable_shuffling`), and an index (file names, sizes) and class statistics are written beside.
+The whole directory is built under a temporary name and renamed into place when complete
+(`write_dataset`), so an existing dataset is never deleted before its replacement exists.
 
 Features of every prepared dataset:
     image:     Image(shape=(None, None, 3), uint8)  RGB
@@ -15,10 +17,13 @@ Features of every prepared dataset:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import dataclasses
-import json
+import errno
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,6 +34,7 @@ from tqdm.auto import tqdm
 from fcn_jax.data import imageio
 from fcn_jax.data.errors import DataError
 from fcn_jax.data.meta import FORMAT_VERSION, INDEX_FILE, STATS_FILE
+from fcn_jax.fsutil import atomic_write_json, check_writable_dir, fsync_dir
 
 DATASET_VERSION = "1.0.0"
 Source = Path | Callable[[], object]  # a file, or a callable returning bytes / ndarray / PIL
@@ -318,10 +324,6 @@ def write_dataset(
 
     checked = check_samples(splits, num_classes, ignore_index, workers, progress)
 
-    import tensorflow_datasets as tfds
-
-    if target.exists():
-        shutil.rmtree(target)
     cls = _builder_class(name)
     cls.spec = {
         "description": description or f"{name}: semantic segmentation, {num_classes} classes.",
@@ -340,22 +342,12 @@ def write_dataset(
         "checked": checked,
         "workers": _workers(workers),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    if not progress:
-        tfds.disable_progress_bar()
-    with tempfile.TemporaryDirectory(prefix="fcn_jax_dl_") as dl:
-        builder = cls(data_dir=str(out), file_format="array_record")
-        builder.download_and_prepare(download_dir=dl)
-    target = Path(builder.data_dir)
-
     index = {"format": FORMAT_VERSION, "splits": {}}
     for split, samples in splits.items():
         index["splits"][split] = {
             "file_names": [s.file_name for s in samples],
             "shapes": [list(c.shape) for c in checked[split]],
         }
-    _check_record_order(builder, index)
-    (target / INDEX_FILE).write_text(json.dumps(index))
     stats = {
         "format": FORMAT_VERSION,
         "num_classes": num_classes,
@@ -363,8 +355,120 @@ def write_dataset(
         "class_names": class_names,
         "splits": {s: _class_stats(c, num_classes, ignore_index) for s, c in checked.items()},
     }
-    (target / STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+    # Everything is built in a staging directory beside the target and swapped in only when
+    # complete, so a failure, a full disk or an interrupt leaves any existing copy as it was.
+    # The dataset sits at <out>/<name>/.<version>.*.partial/<name>/<version>, deeper than
+    # `resolve_dataset_dir` looks from <out> or <out>/<name> and not a version directory to
+    # TFDS, so a staging copy left behind by a hard kill is never mistaken for a dataset.
+    created = _missing_parents(target.parent)
+    staging = None
+    try:
+        try:
+            check_writable_dir(target.parent, "dataset directory")
+        except OSError as e:
+            raise DataError(str(e), target.parent) from None
+        staging = Path(tempfile.mkdtemp(prefix=f".{DATASET_VERSION}.", suffix=".partial", dir=target.parent))
+        builder = _build(cls, staging, progress)
+        built = Path(builder.data_dir)  # <staging>/<name>/<version>
+        _check_record_order(builder, index)
+        atomic_write_json(built / INDEX_FILE, index, indent=None)
+        atomic_write_json(built / STATS_FILE, stats, indent=1)
+        _fsync_tree(built)
+        _swap_in(built, target, staging, overwrite)
+    except OSError as e:
+        raise DataError(
+            f"{target}: writing the dataset failed ({type(e).__name__}: {e}); "
+            + ("the existing copy is unchanged" if target.exists() else "nothing was written"),
+            target,
+        ) from e
+    finally:
+        if staging is not None:
+            # Only the staging directory made above: after a swap it holds the old copy.
+            shutil.rmtree(staging, ignore_errors=True)
+        if not target.exists():
+            for d in reversed(created):  # directories this call created, if still empty
+                with contextlib.suppress(OSError):
+                    d.rmdir()
     return target
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
+def _build(cls, staging: Path, progress: bool):
+    """Run the TFDS builder with `staging` as its data_dir; returns the builder."""
+    import tensorflow_datasets as tfds
+
+    if not progress:
+        tfds.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="fcn_jax_dl_") as dl:
+        builder = cls(data_dir=str(staging), file_format="array_record")
+        builder.download_and_prepare(download_dir=dl)
+    return builder
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root`, so that after the rename a crash cannot
+    leave a dataset whose shards are still empty in the page cache."""
+    for d, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(d))
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE).
+
+    Returns False where that is unavailable (another OS, an old libc or kernel, a file system
+    that does not support it); the caller then falls back to two renames.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(built: Path, target: Path, staging: Path, overwrite: bool) -> None:
+    """Put the finished dataset `built` at `target`; an old copy ends up inside `staging`.
+
+    With an old copy the two are exchanged atomically where the OS allows; otherwise the old
+    copy is renamed into `staging` first and put back if the second rename fails. Either way
+    there is no moment at which `target` holds a partial dataset.
+    """
+    if not target.exists():
+        built.rename(target)
+    elif not overwrite:
+        raise DataError(f"{target}: already prepared (appeared while writing); nothing replaced", target)
+    elif not _exchange(built, target):
+        aside = staging / "previous"
+        target.rename(aside)
+        try:
+            built.rename(target)
+        except BaseException:
+            aside.rename(target)
+            raise
+    fsync_dir(target.parent)
 
 
 def _check_record_order(builder, index: dict) -> None:

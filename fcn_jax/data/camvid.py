@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from fcn_jax.data.builder import Sample, default_out, iter_pairs, write_dataset
 from fcn_jax.data.errors import DataError
 from fcn_jax.data.meta import read_palette_png
+from fcn_jax.fsutil import atomic_output, atomic_write_text
 
 NAME = "camvid"
 NUM_CLASSES = 11
@@ -130,18 +131,17 @@ def camvid_samples(root: Path) -> dict[str, list[Sample]]:
 
 
 def _fetch(url: str, dest: Path) -> None:
+    """Download to a temporary name and rename, so an interrupted download is never taken for
+    a complete file by the resume check above (which trusts any non-empty file)."""
     if dest.is_file() and dest.stat().st_size > 0:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        with atomic_output(dest) as tmp, urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{url}: download failed ({e})", url) from None
-    tmp.replace(dest)
 
 
 def download_camvid(
@@ -180,7 +180,11 @@ def download_camvid(
                 disable=not progress,
             ):
                 job.result()
-        (dest / f"{split}.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))
+        list_file = dest / f"{split}.txt"
+        try:
+            atomic_write_text(list_file, "".join(f"{a} {b}\n" for a, b in pairs))
+        except OSError as e:
+            raise DataError(f"{list_file}: cannot write ({e.strerror or e})", list_file) from None
     return dest
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from fcn_jax.data.errors import DataError
 from fcn_jax.data.meta import STATS_FILE, load_meta, resolve_dataset_dir
+from fcn_jax.fsutil import atomic_write_json
 
 
 def _compute(data_dir, split: str) -> dict:
@@ -55,7 +56,9 @@ def class_stats(data_dir, split: str = "train") -> dict:
         stats["splits"][split] = _compute(d, split)
         stats.update(num_classes=meta.num_classes, ignore_index=meta.ignore_index)
         try:
-            path.write_text(json.dumps(stats, indent=1))
+            # Atomic: the dataset directory is the user's; a full disk must not leave a
+            # truncated class_stats.json that breaks every later read.
+            atomic_write_json(path, stats, indent=1)
         except OSError:
             pass  # read-only dataset directory: just don't cache
     return stats["splits"][split]
