@@ -61,6 +61,7 @@ def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
     import jax
 
     from fcn_jax import data, training
+    from fcn_jax.config import optimizer_config
     from fcn_jax.models import FCN
 
     meta = data.load_meta(data_dir)
@@ -68,9 +69,7 @@ def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
         data_dir, global_batch_size=batch, crop_size=(360, 480), seed=0, process_index=0, process_count=1
     )
     model = FCN(meta.num_classes, "8s")
-    tx, _ = training.make_optimizer(
-        {"name": "sgd", "learning_rate": 1e-4, "decay_steps": 1000, "bias_lr_mult": 2.0, "weight_decay": 5e-4}
-    )
+    tx, _ = training.make_optimizer(optimizer_config(name="sgd", learning_rate=1e-4), decay_steps=1000)
     mesh = training.data_mesh()
     step, _ = training.compile_steps(mesh, model, tx, meta.ignore_index, data.class_weights(data_dir))
     state = training.init_state(model, tx, jax.random.PRNGKey(0))

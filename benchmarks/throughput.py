@@ -14,7 +14,7 @@ The two frameworks are timed in alternating rounds (ABBA order) so that noise on
 shared machine hits both alike; images/s come from the median round. FLOPs per image
 come from XLA's cost analysis: "executed" of the compiled program (Winograd's
 convolutions execute fewer than the model needs), "model" of the straightforward
-program (`ops.reference_ops`, lowered only), which is what the twin executes and
+program (`ops.OpSet.reference()`, lowered only), which is what the twin executes and
 what MFU counts. The machine's peak is *estimated* by a large matmul timed in the same run
 (float32 on CPU, bfloat16 on GPU). On a GPU the bf16 model-FLOPs utilisation against
 --peak-tflops (default 989, H100/H200 dense bf16) is printed too; torch runs there
@@ -24,7 +24,6 @@ only where CUDA torch is installed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import statistics
@@ -56,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--impl",
         choices=("fast", "reference"),
         default="fast",
-        help="reference: trace the model with fcn_jax.ops.reference_ops() (the straightforward "
+        help="reference: the model with fcn_jax.ops.OpSet.reference() (the straightforward "
         "conv_transpose / conv / reduce_window formulation: the v0 baseline)",
     )
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak for MFU")
@@ -89,20 +88,16 @@ class JaxSide:
         from jax.sharding import PartitionSpec as P
 
         from fcn_jax import training
+        from fcn_jax.config import optimizer_config
         from fcn_jax.models import FCN
+        from fcn_jax.ops import OpSet
 
         self.jax = jax
         dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-        self.model = FCN(args.num_classes, variant, dtype=dtype)
+        op_set = OpSet.reference() if args.impl == "reference" else OpSet()
+        self.model = FCN(args.num_classes, variant, dtype=dtype, ops=op_set)
         tx, _ = training.make_optimizer(
-            {
-                "name": "sgd",
-                "learning_rate": 1e-4,
-                "momentum": 0.9,
-                "schedule": "constant",
-                "decay_steps": 1,
-                "bias_lr_mult": 2.0,
-            }
+            optimizer_config(name="sgd", learning_rate=1e-4, momentum=0.9, schedule="constant"), decay_steps=1
         )
         state = training.init_state(self.model, tx, jax.random.key(0))
         # Non-zero score layers, so every layer's gradient is a real one.
@@ -128,24 +123,21 @@ class JaxSide:
         self.infer_params = jax.device_put(self.params, replicated)
 
         self.compiled, self.compile_s = {}, {}
-        from fcn_jax import ops
-
-        with ops.reference_ops() if args.impl == "reference" else contextlib.nullcontext():
-            t = time.perf_counter()
-            self.compiled["train"] = train.lower(self.state, self.batch).compile()
-            self.compile_s["train"] = time.perf_counter() - t
-            t = time.perf_counter()
-            self.compiled["infer"] = infer.lower(self.infer_params, self.batch["image"]).compile()
-            self.compile_s["infer"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.compiled["train"] = train.lower(self.state, self.batch).compile()
+        self.compile_s["train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.compiled["infer"] = infer.lower(self.infer_params, self.batch["image"]).compile()
+        self.compile_s["infer"] = time.perf_counter() - t
         # Model FLOPs: the direct formulation's count (XLA's cost analysis of the
         # reference program, lowered, not compiled), whatever algorithm runs.
-        with ops.reference_ops():
-            ref_train, _ = training.compile_steps(mesh, self.model, tx, IGNORE)
-            ref_infer = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
-            self.model_flops = {
-                "train": _flops(ref_train.lower(self.state, self.batch)),
-                "infer": _flops(ref_infer.lower(self.infer_params, self.batch["image"])),
-            }
+        reference = self.model.clone(ops=OpSet.reference())
+        ref_train, _ = training.compile_steps(mesh, reference, tx, IGNORE)
+        ref_infer = jax.jit(lambda p, x: jnp.argmax(reference.apply({"params": p}, x), axis=-1))
+        self.model_flops = {
+            "train": _flops(ref_train.lower(self.state, self.batch)),
+            "infer": _flops(ref_infer.lower(self.infer_params, self.batch["image"])),
+        }
 
     def flops(self, mode) -> float:
         """FLOPs the compiled program executes (fewer than the model's with Winograd)."""

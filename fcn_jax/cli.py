@@ -39,8 +39,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep library notices a user cannot act on off the terminal (absl's "OpenCV is not
+    installed" from tensorflow-datasets, orbax's notes on metadata, sharding and read-only
+    managers). Errors still show; FCN_JAX_VERBOSE=1 shows everything."""
+    import logging
+    import os
+
+    if os.environ.get("FCN_JAX_VERBOSE"):
+        return
+    for name in ("absl", "orbax", "orbax.checkpoint", "tensorflow_datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     module = _module(args.command)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 from pathlib import Path
 
 import ml_collections
+
+from fcn_jax.ops import OpSet
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,14 +32,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.scale_range = (0.75, 1.25)  # random rescale before the crop; None: no rescale
     c.data.flip = True
     c.data.num_threads = 0  # 0: automatic
-    c.data.cache = False  # keep decoded training images in memory (CamVid: ~250 MB); for fast accelerators
+    # The train split on the devices, batches built inside the jitted step (data.device):
+    # auto = when the decoded split fits device_cache_mb per device (CamVid: 254 MB).
+    c.data.device_cache = "auto"  # auto | on | off
+    c.data.device_cache_mb = 4096
+    c.data.cache = False  # host path: keep decoded training images in host memory after first use
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = "8s"
     c.model.dropout_rate = 0.5
     c.model.trainable_upsampling = True
     c.model.dtype = "float32"  # bfloat16 on accelerators
-    c.model.winograd = True  # CPU float32 only: faster steps, longer compile (models.FCN)
+    # Which formulation of each costly layer runs (fcn_jax.ops.OpSet; its defaults).
+    # conv="xla" turns off Winograd (CPU float32 only: faster steps, longer compiles).
+    c.model.ops = ml_collections.ConfigDict(OpSet().to_dict())
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw
@@ -71,6 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
     # every layer of the same name and shape is copied, e.g. 32s -> 16s -> 8s).
     c.init_from = ""
     return c
+
+
+def optimizer_config(**changes) -> dict:
+    """The `optimizer` section of `base_config()` with `changes` applied (each key must
+    exist): what `training.make_optimizer` takes outside an experiment config."""
+    cfg = base_config().optimizer.to_dict()
+    unknown = sorted(set(changes) - set(cfg))
+    if unknown:
+        raise KeyError(f"unknown optimizer keys: {', '.join(unknown)}")
+    return {**cfg, **changes}
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -125,3 +144,97 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         except TypeError as e:
             raise ValueError(f"--config.{key}: {e}") from None
     return config
+
+
+class ConfigError(ValueError):
+    """One or more config values are invalid; the message names every key (one per line)."""
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Every value that can be checked without the data or the devices, before anything
+    runs: a typo found at the first evaluation would cost everything trained until then.
+    Raises ConfigError listing every bad key."""
+    from fcn_jax.models import ModelSpec
+
+    c, errors = config, []
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            value = c
+            for part in key.split("."):
+                value = value[part]
+            errors.append(f"config.{key} = {value!r}: {what}")
+
+    for key in (
+        "train.steps",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.batch_size",
+        "train.eval_batch_size",
+        "optimizer.accumulate_steps",
+    ):
+        section, name = key.split(".")
+        need(_positive_int(c[section][name]), key, "must be an integer >= 1")
+    for key in ("train.eval_every", "train.num_pictures", "optimizer.warmup_steps"):
+        section, name = key.split(".")
+        v = c[section][name]
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, key, "must be an integer >= 0")
+    o = c.optimizer
+    need(o.name in ("sgd", "adamw"), "optimizer.name", "must be sgd or adamw")
+    need(
+        o.schedule in ("constant", "poly", "cosine"), "optimizer.schedule", "must be constant, poly or cosine"
+    )
+    need(_non_negative(o.learning_rate) and o.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
+    for name in ("weight_decay", "clip_grad_norm", "poly_power"):
+        need(_non_negative(o[name]), f"optimizer.{name}", "must be a finite number >= 0")
+    need(_non_negative(o.bias_lr_mult) and o.bias_lr_mult > 0, "optimizer.bias_lr_mult", "must be > 0")
+    for name in ("momentum", "b1", "b2"):
+        need(_non_negative(o[name]) and o[name] < 1, f"optimizer.{name}", "must be in [0, 1)")
+    need(
+        c.loss.class_weighting in ("none", "median_frequency"),
+        "loss.class_weighting",
+        "must be none or median_frequency",
+    )
+    crop = c.data.crop_size
+    need(
+        crop is None or (isinstance(crop, tuple) and len(crop) == 2 and all(_positive_int(v) for v in crop)),
+        "data.crop_size",
+        "must be (height, width) with both >= 1, or None for whole images",
+    )
+    scale = c.data.scale_range
+    need(
+        scale is None
+        or (
+            isinstance(scale, tuple)
+            and len(scale) == 2
+            and all(_non_negative(v) for v in scale)
+            and 0 < scale[0] <= scale[1]
+        ),
+        "data.scale_range",
+        "must be (low, high) with 0 < low <= high, or None",
+    )
+    need(bool(c.data.train_split), "data.train_split", "must name a split")
+    need(c.data.device_cache in ("auto", "on", "off"), "data.device_cache", "must be auto, on or off")
+    need(_non_negative(c.data.device_cache_mb), "data.device_cache_mb", "must be a number of MB >= 0")
+    need(
+        _non_negative(c.data.num_threads) and isinstance(c.data.num_threads, int),
+        "data.num_threads",
+        "must be an integer >= 0 (0: automatic)",
+    )
+    try:
+        ModelSpec.from_config(c.model, 1)
+    except (ValueError, TypeError) as e:
+        errors.append(f"config.model: {e}")
+    if c.init_from and not Path(c.init_from).exists():
+        errors.append(f"config.init_from = {c.init_from!r}: no such file or run directory")
+    if errors:
+        raise ConfigError("\n".join(errors))

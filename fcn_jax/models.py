@@ -8,6 +8,7 @@ transplant into the FCN by key. Window sizes, strides and paddings come from
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -15,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcn_jax import geometry, ops
+from fcn_jax import geometry
+from fcn_jax.ops import OpSet
 
 Dtype = Any
 
@@ -30,12 +32,11 @@ POOLS = ("pool1", "pool2", "pool5")
 WINOGRAD_TILE = {"conv1": None, "conv2": 4, "conv3": 4, "conv4": 4, "conv5": 4}
 
 
-def _conv(name: str, features: int, dtype: Dtype, winograd: bool = True, **kwargs) -> nn.Module:
+def _conv(name: str, features: int, dtype: Dtype, op_set: OpSet, **kwargs) -> nn.Module:
     w = geometry.ALEXNET_LAYERS[name]
-    tile = WINOGRAD_TILE[name]
-    if winograd and tile is not None:
-        assert w.stride == 1, name
-        return WinogradConv(features, w.kernel, w.padding, tile, dtype=dtype, name=name, **kwargs)
+    if w.stride == 1:
+        tile = WINOGRAD_TILE[name]
+        return SameConv(features, w.kernel, w.padding, tile, op_set, dtype, name=name, **kwargs)
     return nn.Conv(
         features,
         (w.kernel, w.kernel),
@@ -48,45 +49,38 @@ def _conv(name: str, features: int, dtype: Dtype, winograd: bool = True, **kwarg
     )
 
 
-class WinogradConv(nn.Module):
-    """A stride-1, zero-padded convolution (AlexNet's conv2-conv5) that runs
-    Winograd's algorithm (`ops.conv_winograd`) on CPU in float32 and XLA's
-    convolution elsewhere (GPU libraries pick their own algorithms; bfloat16 is too
-    coarse for the transforms). Parameters, names and initialisers are nn.Conv's."""
+class SameConv(nn.Module):
+    """A stride-1, zero-padded convolution (AlexNet's conv2-conv5) in the formulation
+    `op_set.conv` names: Winograd's algorithm (`ops.conv_winograd`, with tile `tile`) on
+    CPU in float32, XLA's convolution otherwise. Parameters, names and initialisers are
+    nn.Conv's."""
 
     features: int
     kernel_size: int
     padding: int
-    tile: int
+    tile: int | None
+    op_set: OpSet = OpSet()
     dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k, p = self.kernel_size, self.padding
+        k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if jnp.dtype(self.dtype) == jnp.float32:
-            y = jax.lax.platform_dependent(
-                x,
-                kernel,
-                cpu=lambda x, w: ops.conv_winograd(x, w, p, self.tile),
-                default=lambda x, w: ops.conv_same_reference(x, w, p),
-            )
-        else:
-            y = ops.conv_same_reference(x, kernel, p)
-        return y + bias.astype(self.dtype)
+        return self.op_set.apply_conv(x, kernel, self.padding, self.tile) + bias.astype(self.dtype)
 
 
-class MatmulConv(nn.Module):
-    """A VALID, stride-1 convolution (fc6, fc7, score layers) computed as one matrix
-    product (`ops.conv_as_matmul`). Parameters, names and initialisers are those of
+class DenseConv(nn.Module):
+    """A VALID, stride-1 convolution (fc6, fc7, score layers), by default computed as one
+    matrix product (`ops.conv_as_matmul`). Parameters, names and initialisers are those of
     `nn.Conv` with the same arguments, so checkpoints and init values are unchanged."""
 
     features: int
     kernel_size: tuple[int, int] = (1, 1)
+    op_set: OpSet = OpSet()
     dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
@@ -97,45 +91,44 @@ class MatmulConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x = x.astype(self.dtype)
-        return ops.conv_as_matmul(x, kernel.astype(self.dtype), bias.astype(self.dtype))
+        return self.op_set.apply_dense(x, kernel.astype(self.dtype), bias.astype(self.dtype))
 
 
 class Dropout(nn.Module):
-    """nn.Dropout (same "dropout" rng stream, same scaling) drawing its mask with
+    """nn.Dropout (same "dropout" rng stream, same scaling); by default its mask comes from
     `ops.dropout`, which spends as few random bits per element as the rate needs."""
 
     rate: float
+    op_set: OpSet = OpSet()
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or self.rate == 0.0:
             return x
-        return ops.dropout(self.make_rng("dropout"), x, self.rate)
+        return self.op_set.apply_dropout(self.make_rng("dropout"), x, self.rate)
 
 
-def _dense(name: str, features: int, dtype: Dtype, **kwargs) -> MatmulConv:
-    """fc6 / fc7: the convolutionalised classifier layers (VALID, stride 1)."""
+def _dense(name: str, features: int, dtype: Dtype, op_set: OpSet, **kwargs) -> DenseConv:
+    """fc6 / fc7 / fc8: the convolutionalised classifier layers (VALID, stride 1)."""
     w = geometry.ALEXNET_LAYERS.get(name)
     kernel = (w.kernel, w.kernel) if w is not None else (1, 1)
     assert w is None or (w.stride, w.padding) == (1, 0), name
-    return MatmulConv(features, kernel, dtype=dtype, name=name, **kwargs)
+    return DenseConv(features, kernel, op_set, dtype=dtype, name=name, **kwargs)
 
 
-def _pool(x: jax.Array, name: str) -> jax.Array:
+def _pool(x: jax.Array, name: str, op_set: OpSet) -> jax.Array:
     w = geometry.ALEXNET_LAYERS[name]
-    return ops.max_pool(x, w.kernel, w.stride)  # = nn.max_pool(..., padding="VALID"), faster gradient
+    return op_set.apply_pool(x, w.kernel, w.stride)  # = nn.max_pool(..., padding="VALID")
 
 
-def alexnet_features(
-    x: jax.Array, dtype: Dtype, kernel_init=None, winograd: bool = True
-) -> dict[str, jax.Array]:
+def alexnet_features(x: jax.Array, dtype: Dtype, op_set: OpSet, kernel_init=None) -> dict[str, jax.Array]:
     """conv1 ... pool5 in the calling module's scope; returns the pooling outputs."""
     extra = {} if kernel_init is None else {"kernel_init": kernel_init}
     taps = {}
     for conv, pool in zip(CONVS, ("pool1", "pool2", None, None, "pool5")):
-        x = nn.relu(_conv(conv, CHANNELS[conv], dtype, winograd, **extra)(x))
+        x = nn.relu(_conv(conv, CHANNELS[conv], dtype, op_set, **extra)(x))
         if pool is not None:
-            x = _pool(x, pool)
+            x = _pool(x, pool, op_set)
             taps[pool] = x
     return taps
 
@@ -152,17 +145,17 @@ class AlexNet(nn.Module):
     num_classes: int = 1000
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
-    winograd: bool = True  # conv2-conv5 by Winograd on CPU in float32 (see WinogradConv)
+    ops: OpSet = OpSet()  # which formulation of each costly layer runs (fcn_jax.ops.OpSet)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        x = alexnet_features(images.astype(self.dtype), self.dtype, winograd=self.winograd)["pool5"]
+        x = alexnet_features(images.astype(self.dtype), self.dtype, self.ops)["pool5"]
         # torchvision order: Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8.
-        x = Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.relu(_dense("fc6", CHANNELS["fc6"], self.dtype)(x))
-        x = Dropout(self.dropout_rate)(x, deterministic=not train)
-        x = nn.relu(_dense("fc7", CHANNELS["fc7"], self.dtype)(x))
-        x = _dense("fc8", self.num_classes, self.dtype)(x)
+        x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
+        x = nn.relu(_dense("fc6", CHANNELS["fc6"], self.dtype, self.ops)(x))
+        x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
+        x = nn.relu(_dense("fc7", CHANNELS["fc7"], self.dtype, self.ops)(x))
+        x = _dense("fc8", self.num_classes, self.dtype, self.ops)(x)
         return x.astype(jnp.float32)
 
 
@@ -189,13 +182,14 @@ class Upsample(nn.Module):
     kernel is a constant, not a parameter. `crop=(start_h, start_w, size_h, size_w)`
     returns only that window of the result (and skips the work outside it).
 
-    Computed as `ops.upsample` (2x2 neighbourhoods times a rearranged kernel, then
-    depth-to-space), equal to the transposed convolution `ops.upsample_reference`.
+    By default computed as `ops.upsample` (2x2 neighbourhoods times a rearranged kernel,
+    then depth-to-space), equal to the transposed convolution `ops.upsample_reference`.
     """
 
     factor: int
     trainable: bool = True
     dtype: Dtype = jnp.float32
+    op_set: OpSet = OpSet()
 
     @nn.compact
     def __call__(self, x: jax.Array, crop: tuple[int, int, int, int] | None = None) -> jax.Array:
@@ -206,7 +200,7 @@ class Upsample(nn.Module):
         else:
             kernel = bilinear_init(f)(None, shape)
         # Scatter form out[f*i + t] += x[i] @ kernel[t], as PyTorch's ConvTranspose2d.
-        return ops.upsample(x.astype(self.dtype), kernel.astype(self.dtype), f, crop)
+        return self.op_set.apply_upsample(x.astype(self.dtype), kernel.astype(self.dtype), f, crop)
 
 
 def _crop(x: jax.Array, start_h: int, start_w: int, size_h: int, size_w: int) -> jax.Array:
@@ -226,24 +220,25 @@ class FCN(nn.Module):
     dropout_rate: float = 0.5
     trainable_upsampling: bool = True
     dtype: Dtype = jnp.float32
-    # conv2-conv5 by Winograd on CPU in float32 (WinogradConv): 15-20% faster steps,
-    # ~6 s longer compiles, rounding that is not bitwise independent of how a batch
-    # is split across devices. False: XLA's convolution everywhere.
-    winograd: bool = True
+    # Which formulation of each costly layer runs (fcn_jax.ops.OpSet). The default's
+    # Winograd conv2-conv5 (CPU, float32) trades a longer compile and rounding that is
+    # not bitwise independent of how a batch is split across devices for faster steps;
+    # OpSet(conv="xla") keeps XLA's convolution.
+    ops: OpSet = OpSet()
 
     def setup_check(self) -> None:
         geometry.check_variant(self.variant)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
-    def _score(self, name: str) -> MatmulConv:
+    def _score(self, name: str) -> DenseConv:
         zeros = nn.initializers.zeros
-        return MatmulConv(
-            self.num_classes, (1, 1), dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name=name
+        return DenseConv(
+            self.num_classes, (1, 1), self.ops, self.dtype, kernel_init=zeros, bias_init=zeros, name=name
         )
 
     def _upsample(self, factor: int, name: str) -> Upsample:
-        return Upsample(factor, trainable=self.trainable_upsampling, dtype=self.dtype, name=name)
+        return Upsample(factor, self.trainable_upsampling, self.dtype, self.ops, name=name)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -254,13 +249,13 @@ class FCN(nn.Module):
         plan = geometry.plan(h, w, self.variant)
         x = jnp.pad(images.astype(self.dtype), ((0, 0), plan.height.pad, plan.width.pad, (0, 0)))
 
-        taps = alexnet_features(x, self.dtype, winograd=self.winograd)
+        taps = alexnet_features(x, self.dtype, self.ops)
         for name, value in taps.items():  # for inspection: apply(..., mutable="intermediates")
             self.sow("intermediates", name, value)
         x = taps["pool5"]
         for name in ("fc6", "fc7"):
-            x = nn.relu(_dense(name, CHANNELS[name], self.dtype)(x))
-            x = Dropout(self.dropout_rate)(x, deterministic=not train)
+            x = nn.relu(_dense(name, CHANNELS[name], self.dtype, self.ops)(x))
+            x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
         score = self._score("score_fr")(x)
 
         stride = 32
@@ -281,3 +276,58 @@ def init_params(model: nn.Module, rng: jax.Array, size: tuple[int, int] = (64, 6
     """Parameters of `model`; their shapes do not depend on the image size."""
     images = jnp.zeros((1, *size, 3), jnp.float32)
     return jax.jit(lambda r: model.init(r, images)["params"])(rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines an FCN, resolved: a run records it when it starts
+    (`fcn_jax.run`) and every later use of the run builds its model from it, so
+    evaluation, prediction and export compute what training computed."""
+
+    num_classes: int
+    variant: str
+    dropout_rate: float
+    trainable_upsampling: bool
+    dtype: str
+    ops: OpSet
+
+    def __post_init__(self):
+        geometry.check_variant(self.variant)
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    @classmethod
+    def from_config(cls, model_config, num_classes: int) -> ModelSpec:
+        """From the `model` section of an experiment config (every key required: the
+        defaults live in `fcn_jax.config.base_config`) and the dataset's class count."""
+        m = dict(model_config)
+        return cls(
+            num_classes=int(num_classes),
+            variant=str(m["variant"]),
+            dropout_rate=float(m["dropout_rate"]),
+            trainable_upsampling=bool(m["trainable_upsampling"]),
+            dtype=str(m["dtype"]),
+            ops=OpSet(**dict(m["ops"])),
+        )
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "ops": self.ops.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        """The inverse of to_dict; unknown or missing keys are errors (KeyError/TypeError)."""
+        return cls(**{**d, "ops": OpSet(**d["ops"])})
+
+    def build(self) -> FCN:
+        return FCN(
+            self.num_classes,
+            self.variant,
+            dropout_rate=self.dropout_rate,
+            trainable_upsampling=self.trainable_upsampling,
+            dtype=jnp.dtype(self.dtype),
+            ops=self.ops,
+        )

@@ -27,7 +27,7 @@ and gradients against each other. Why each is faster, on XLA:CPU in particular:
   a product per point, so one batched matmul does 4/25 (5x5) or 1/4 (3x3) of the
   direct multiply-adds. Costs: float32 rounding ~1e-5 of the largest value (1e-6
   for a direct convolution), transforms that read and write memory, and a longer
-  compile (~6 s per train step). Used on CPU in float32 only (`models.WinogradConv`).
+  compile (~6 s per train step). Used on CPU in float32 only (`OpSet.apply_conv`).
 * `conv_as_matmul`: fc6 (6x6 window over 256 channels -> 4096) and the 1x1
   layers are matrix products; XLA:CPU's convolution runs fc6 far below its
   matrix-product speed. Patches are gathered by 36 slices (im2col), then one GEMM.
@@ -35,10 +35,10 @@ and gradients against each other. Why each is faster, on XLA:CPU in particular:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from fractions import Fraction
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +149,29 @@ def _max_pool_bwd(window, stride, res, g):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool_pads(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """`max_pool` whose backward adds k*k strided pads instead of scattering: no atomics,
+    so the gradient is deterministic on a GPU (a scatter-add there is not)."""
+    return _max_pool_fwd(x, window, stride)[0]
+
+
+def _max_pool_pads_bwd(window, stride, res, g):
+    arg, shape = res
+    n, oh, ow, c = arg.shape
+    _, h, w, _ = shape
+    dx = jnp.zeros(shape, g.dtype)
+    zero = jnp.zeros((), g.dtype)
+    for k, (a, b) in enumerate(_pool_taps(shape, window, stride)[2]):
+        part = jnp.where(arg == k, g, zero)
+        hi_h, hi_w = h - a - stride * (oh - 1) - 1, w - b - stride * (ow - 1) - 1
+        dx = dx + lax.pad(part, zero, [(0, 0, 0), (a, hi_h, stride - 1), (b, hi_w, stride - 1), (0, 0, 0)])
+    return (dx,)
+
+
+max_pool_pads.defvjp(_max_pool_fwd, _max_pool_pads_bwd)
 
 
 # -- dropout ------------------------------------------------------------------------
@@ -454,7 +477,7 @@ def _conv_winograd_bwd(padding, tile, res, dy):
 conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 
 
-# -- switching formulations -----------------------------------------------------------
+# -- choosing formulations ---------------------------------------------------------------
 
 
 def _upsample_reference_cropped(x, kernel, factor, crop=None):
@@ -465,33 +488,78 @@ def _upsample_reference_cropped(x, kernel, factor, crop=None):
     return y[:, sh : sh + h, sw : sw + w]
 
 
-def _conv_winograd_reference(x, kernel, padding, tile=4):
-    return conv_same_reference(x, kernel, padding)
+@dataclasses.dataclass(frozen=True)
+class OpSet:
+    """Which formulation of each costly layer a model runs.
 
+    A field of the model (`models.FCN(ops=...)`), so it is part of the model's identity:
+    jit caches keyed on the model see it, a run records it in its model spec, and
+    inference runs what training ran. Each fast formulation computes the same function as
+    its reference (tests/test_perf.py); `OpSet.reference()` is the straightforward model
+    (XLA's convolutions, pooling gradient, transposed convolution and flax's dropout), the
+    baseline for tests and benchmarks.
+    """
 
-@contextlib.contextmanager
-def reference_ops():
-    """Models traced inside this context use the straightforward formulations
-    (conv_transpose, lax convolution, reduce_window pooling, flax's dropout): the baseline for
-    tests and benchmarks. Not thread-safe; jit caches keyed on the model do not
-    see the switch, so trace/compile inside the context."""
-    fast = {
-        "upsample": upsample,
-        "conv_as_matmul": conv_as_matmul,
-        "max_pool": max_pool,
-        "dropout": dropout,
-        "conv_winograd": conv_winograd,
+    conv: str = "winograd"  # conv2-conv5: winograd (on CPU in float32; XLA's elsewhere) | xla
+    dense: str = "matmul"  # fc6, fc7, score layers: matmul (hand-written VJP) | xla
+    upsample: str = "subpixel"  # subpixel (one GEMM + depth-to-space) | transpose
+    # max-pool gradient: scatter (onto the recorded winner; measured fastest on CPU) | pads
+    # (k*k strided pads: deterministic on a GPU, where a scatter-add is not) | xla |
+    # auto (scatter on CPU, pads elsewhere)
+    pool: str = "auto"
+    dropout: str = "bits"  # bits (as few random bits as the rate needs) | flax
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "conv": ("winograd", "xla"),
+        "dense": ("matmul", "xla"),
+        "upsample": ("subpixel", "transpose"),
+        "pool": ("auto", "scatter", "pads", "xla"),
+        "dropout": ("bits", "flax"),
     }
-    ref = {
-        "upsample": _upsample_reference_cropped,
-        "conv_as_matmul": conv_reference,
-        "max_pool": max_pool_reference,
-        "dropout": dropout_reference,
-        "conv_winograd": _conv_winograd_reference,
-    }
-    g = globals()
-    g.update(ref)
-    try:
-        yield
-    finally:
-        g.update(fast)
+
+    def __post_init__(self):
+        for name, allowed in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"ops.{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    @classmethod
+    def reference(cls) -> OpSet:
+        return cls(**{name: allowed[-1] for name, allowed in cls.CHOICES.items()})
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    # -- the ops, in the chosen formulation ------------------------------------------------
+
+    def apply_pool(self, x: jax.Array, window: int, stride: int) -> jax.Array:
+        if self.pool == "auto":
+            return lax.platform_dependent(
+                x,
+                cpu=lambda x: max_pool(x, window, stride),
+                default=lambda x: max_pool_pads(x, window, stride),
+            )
+        fn = {"scatter": max_pool, "pads": max_pool_pads, "xla": max_pool_reference}[self.pool]
+        return fn(x, window, stride)
+
+    def apply_upsample(self, x, kernel, factor: int, crop=None) -> jax.Array:
+        fn = upsample if self.upsample == "subpixel" else _upsample_reference_cropped
+        return fn(x, kernel, factor, crop)
+
+    def apply_dense(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        return (conv_as_matmul if self.dense == "matmul" else conv_reference)(x, kernel, bias)
+
+    def apply_dropout(self, rng: jax.Array, x: jax.Array, rate: float) -> jax.Array:
+        return (dropout if self.dropout == "bits" else dropout_reference)(rng, x, rate)
+
+    def apply_conv(self, x: jax.Array, kernel: jax.Array, padding: int, tile: int | None) -> jax.Array:
+        """A stride-1 convolution zero-padded by `padding`; Winograd only on CPU in float32
+        (GPU libraries pick their own algorithms; bfloat16 is too coarse for the transforms)."""
+        if self.conv != "winograd" or tile is None or x.dtype != jnp.float32:
+            return conv_same_reference(x, kernel, padding)
+        return lax.platform_dependent(
+            x,
+            kernel,
+            cpu=lambda x, w: conv_winograd(x, w, padding, tile),
+            default=lambda x, w: conv_same_reference(x, w, padding),
+        )

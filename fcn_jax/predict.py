@@ -138,11 +138,12 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> Segmenter:
-        """From a run directory (its best checkpoint, else its latest) or a step directory."""
-        from fcn_jax import checkpoints
+        """From a run directory (its best checkpoint, else its latest) or a step directory;
+        the model is the one the run recorded (`fcn_jax.run.load_trained`)."""
+        from fcn_jax import run
 
-        model, params, meta = checkpoints.load_inference(Path(path))
-        return cls(model, params, meta, **kwargs)
+        trained = run.load_trained(Path(path))
+        return cls(trained.model, trained.params, trained.meta, **kwargs)
 
     @property
     def num_classes(self) -> int:

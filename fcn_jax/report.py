@@ -110,7 +110,7 @@ def plot_curve(
     ax.grid(True, alpha=0.3)
     if len(keys) > 1:
         ax.legend()
-    fig.savefig(path)
+    _save_figure(fig, path)
     return True
 
 
@@ -144,7 +144,7 @@ def plot_confusion(confusion, class_names: list[str], path: Path, title: str) ->
                         color="white" if norm[i, j] > 0.5 else "black",
                     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
-    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
+    _save_figure(fig, path, bbox_inches="tight", pad_inches=0.15)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -198,18 +198,29 @@ def make_report(
     batch_size: int = 2,
     progress: bool = True,
 ) -> Path:
-    """Write workdir/report/ (see the module doc); returns the README path."""
-    workdir = Path(workdir)
+    """Write workdir/report/ (see the module doc); returns the README path.
+
+    Raises run.RunError for a run directory that does not exist or whose checkpoint is
+    damaged (a report must not quietly describe a model it could not load); parts whose
+    inputs are merely missing are skipped and listed in the README."""
+    from fcn_jax import fsutil
+    from fcn_jax import run as run_lib
+
+    run = run_lib.Run(Path(workdir))
+    workdir = run.root
     if not workdir.is_dir():
-        raise FileNotFoundError(f"{workdir}: run directory does not exist")
-    out = workdir / "report"
-    out.mkdir(exist_ok=True)
-    config = _load_json(workdir / "config.json") or {}
-    dataset = _load_json(workdir / "dataset.json")
-    data_dir = data_dir or (config.get("data") or {}).get("data_dir") or None
-    records = read_metrics(workdir / "metrics.jsonl")
+        raise run_lib.RunError(f"{workdir}: run directory does not exist")
+    out = fsutil.check_writable_dir(workdir / "report", "report directory")
     notes: list[str] = []
     sections: list[str] = []
+    trained = None
+    if run.steps(run_lib.BEST) or run.steps(run_lib.LATEST):
+        trained = run_lib.load_trained(workdir)
+    else:
+        notes.append(f"no prediction grid and no evaluation: no checkpoint in {workdir}")
+    spec, dataset = _try(run.spec), _try(run.dataset)
+    data_dir = data_dir or _try(run.data_dir)
+    records = read_metrics(run.metrics_file)
 
     # curves
     curves = []
@@ -245,12 +256,12 @@ def make_report(
         ]
 
     # confusion matrix
-    eval_file = workdir / f"eval_{split}.json"
+    eval_file = run.eval_file(split)
     conf_rec, conf_src = None, None
-    if evaluate:
+    if evaluate and trained is not None:
         try:
-            conf_rec = _evaluate(workdir, data_dir, split, batch_size, progress)
-            eval_file.write_text(json.dumps(conf_rec, indent=2, allow_nan=False) + "\n")
+            conf_rec = _evaluate(trained, data_dir, split, batch_size, progress)
+            fsutil.atomic_write_json(eval_file, conf_rec, sort_keys=False)
             conf_src = f"fresh evaluation of {conf_rec['checkpoint']} (also written to {eval_file.name})"
         except Exception as e:  # report what we can
             notes.append(f"evaluation failed: {type(e).__name__}: {e}")
@@ -260,7 +271,7 @@ def make_report(
     if conf_rec is None and last and last.get("confusion"):
         conf_rec, conf_src = last, f"training log, step {last['step']}"
     if conf_rec is not None and conf_rec.get("confusion"):
-        names = list(conf_rec.get("per_class_iou") or (dataset or {}).get("class_names") or [])
+        names = list(conf_rec.get("per_class_iou") or (dataset.class_names if dataset else []))
         if len(names) != len(conf_rec["confusion"]):
             names = [str(i) for i in range(len(conf_rec["confusion"]))]
         png = f"confusion_{split}.png"
@@ -275,9 +286,9 @@ def make_report(
         )
 
     # predictions
-    if num_images > 0:
+    if num_images > 0 and trained is not None:
         try:
-            png = _draw_predictions(workdir, data_dir, split, num_images, out)
+            png = _draw_predictions(trained, data_dir, split, num_images, out)
             sections += [
                 f"## Predictions on {num_images} {split} images (spread over the split)",
                 "",
@@ -289,14 +300,13 @@ def make_report(
         except Exception as e:
             notes.append(f"no prediction grid: {type(e).__name__}: {e}")
 
-    model = config.get("model") or {}
+    model = f"FCN-{spec.variant}, {spec.num_classes} classes, dtype {spec.dtype}" if spec else "?"
     head = [
         f"# Report: {workdir.name}",
         "",
-        f"- run directory: `{workdir.absolute()}`",
-        f"- model: FCN-{model.get('variant', '?')}, {model.get('num_classes', '?')} classes, "
-        f"dtype {model.get('dtype', '?')}",
-        f"- dataset: {(dataset or {}).get('name', '?')} (`{data_dir or '?'}`)",
+        f"- run directory: `{workdir}`",
+        f"- model: {model}" + (f" (checkpoint `{trained.step_dir}`)" if trained else ""),
+        f"- dataset: {dataset.name if dataset else '?'} (`{data_dir or '?'}`)",
     ]
     train = [r for r in records if r.get("split") == "train"]
     if train:
@@ -310,49 +320,70 @@ def make_report(
     if notes:
         text += ["## Skipped", "", *[f"- {n}" for n in notes], ""]
     readme = out / "README.md"
-    readme.write_text("\n".join(text))
+    fsutil.atomic_write_text(readme, "\n".join(text))
     return readme
 
 
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
-def _evaluate(workdir: Path, data_dir, split: str, batch_size: int, progress: bool) -> dict:
-    from fcn_jax import checkpoints, evaluate
+def _try(read):
+    """A run record, or None where it is missing or unreadable (the report says '?')."""
+    try:
+        return read()
+    except (OSError, ValueError):
+        return None
+
+
+def _save_figure(fig, path: Path, **kwargs) -> None:
+    from fcn_jax import fsutil
+
+    with fsutil.atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", **kwargs)
+
+
+def _save_image(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    from fcn_jax import fsutil
+
+    with fsutil.atomic_output(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def _evaluate(trained, data_dir, split: str, batch_size: int, progress: bool) -> dict:
+    from fcn_jax import evaluate
 
     if not data_dir:
-        raise FileNotFoundError("no dataset: config.json names no data.data_dir; pass --data-dir")
-    model, params, _ = checkpoints.load_inference(workdir)
-    result = evaluate.evaluate(model, params, data_dir, split, batch_size, progress=progress)
+        raise FileNotFoundError("no dataset: the run records no data directory; pass --data-dir")
+    result = evaluate.evaluate(trained.model, trained.params, data_dir, split, batch_size, progress=progress)
     return {
-        "checkpoint": str(workdir.absolute()),
+        "checkpoint": str(trained.step_dir),
         "split": split,
         "data_dir": str(data_dir),
         **result.to_dict(),
     }
 
 
-def _draw_predictions(workdir: Path, data_dir, split: str, count: int, out: Path) -> str:
-    from PIL import Image
-
+def _draw_predictions(trained, data_dir, split: str, count: int, out: Path) -> str:
     from fcn_jax import visualize
     from fcn_jax.evaluate import check_split
     from fcn_jax.predict import Segmenter
 
     if not data_dir:
-        raise FileNotFoundError("config.json names no data.data_dir; pass --data-dir")
+        raise FileNotFoundError("the run records no data directory; pass --data-dir")
     meta = check_split(data_dir, split)
     examples = read_examples(data_dir, split, count)
-    seg = Segmenter.from_checkpoint(workdir, batch_size=min(count, 4))
+    seg = Segmenter(trained.model, trained.params, trained.meta, batch_size=min(count, 4))
     preds = seg.predict([im for _, im, _ in examples])
     grid = visualize.prediction_grid(
         [im for _, im, _ in examples], [lab for _, _, lab in examples], preds, meta.palette, meta.ignore_index
     )
     png = f"predictions_{split}.png"
-    Image.fromarray(grid).save(out / png)
-    Image.fromarray(visualize.legend(meta.class_names, meta.palette, columns=2)).save(out / "legend.png")
+    _save_image(grid, out / png)
+    _save_image(visualize.legend(meta.class_names, meta.palette, columns=2), out / "legend.png")
     return png

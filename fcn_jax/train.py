@@ -1,10 +1,21 @@
 """The training loop: data, jitted steps over a device mesh, checkpoints, logs.
 
-The pure parts (loss, optimizer, steps) live in `fcn_jax.training`; this module
-does the IO around them. A run directory resumes by itself: start the same
-command again and it continues from the newest intact checkpoint, with the data
-iterator exactly where it was, so a killed run ends with the same parameters as
-an uninterrupted one.
+The pure parts (loss, optimizer, steps) live in `fcn_jax.training`; the run
+directory's layout and records in `fcn_jax.run`; this module does the IO around
+them. A run directory resumes by itself: start the same command again and it
+continues from the newest intact checkpoint, with the data iterator exactly where
+it was, so a killed run ends with the same parameters as an uninterrupted one.
+
+What is refused or recovered, and where:
+- every config value is checked before anything runs (`config.check`, `_check_data`);
+- one process trains in a run directory at a time (`run.RunLock`);
+- a config that cannot continue the saved run is refused before anything is written
+  (`run.check_resumable`); `restart=True` moves the old run aside first;
+- damaged, half-written or diverged checkpoints are set aside, never deleted, and the
+  newest intact one is resumed (`run.CheckpointStore`);
+- no state is saved unless every step since the last save kept it finite; a
+  non-finite step stops the run (NonFiniteLoss) within one logging interval;
+- SIGINT / SIGTERM save the current step, then stop (Interrupted).
 """
 
 from __future__ import annotations
@@ -19,18 +30,34 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fcn_jax import checkpoints, training
-from fcn_jax.models import FCN
+from fcn_jax import config as config_lib
+from fcn_jax import fsutil, training
+from fcn_jax import run as run_lib
+from fcn_jax.data import device as device_data
+from fcn_jax.models import FCN, ModelSpec
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The run diverged; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the current step was saved and the run stopped."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        import signal
+
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; saved {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 # -- setup ------------------------------------------------------------------------
@@ -92,20 +119,71 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FCN:
-    m = config.model
-    return FCN(
-        num_classes,
-        m.variant,
-        dropout_rate=m.dropout_rate,
-        trainable_upsampling=m.trainable_upsampling,
-        dtype=jnp.dtype(m.dtype),
-        winograd=m.get("winograd", True),
+def make_loader(config: ml_collections.ConfigDict, data_dir: Path, mesh):
+    """The training input path `config.data.device_cache` selects: the train split on the
+    devices, batches built inside the step (`data.device.DeviceLoader`), when it fits
+    `device_cache_mb` ("auto") or when asked ("on"); else the grain pipeline on the host."""
+    from fcn_jax import data
+
+    d = config.data
+    common = dict(
+        split=d.train_split,
+        global_batch_size=config.train.batch_size,
+        crop_size=tuple(d.crop_size) if d.crop_size else None,
+        scale_range=tuple(d.scale_range) if d.scale_range else None,
+        flip=d.flip,
+        seed=config.seed,
+    )
+    size = device_data.cache_bytes(data_dir, d.train_split)
+    if d.device_cache == "on" or (d.device_cache == "auto" and size <= d.device_cache_mb * 2**20):
+        return device_data.DeviceLoader(
+            data_dir, mesh, **common, nan_at_batch=config.train.nan_at_step, progress=jax.process_index() == 0
+        )
+    return data.TrainLoader(
+        data_dir,
+        **common,
+        num_threads=d.num_threads or None,
+        cache=d.cache,
+        normalize=False,  # uint8 to the device, normalised inside the jitted step
     )
 
 
+def _check_data(config: ml_collections.ConfigDict, meta) -> None:
+    """What can only be checked once the dataset and the devices are known."""
+    errors = []
+    splits = ", ".join(f"{k} ({n})" for k, n in meta.splits.items())
+    for key in ("train_split", "eval_split"):
+        split = config.data[key]
+        if split and split not in meta.splits:
+            errors.append(
+                f"config.data.{key} = {split!r}: {meta.data_dir} has no such split (it has {splits})"
+            )
+    devices, processes = jax.device_count(), jax.process_count()
+    for key in ("batch_size", "eval_batch_size"):
+        b = config.train[key]
+        if b % devices or b % processes:
+            errors.append(
+                f"config.train.{key} = {b}: must be a multiple of the device count ({devices}) "
+                f"and of the process count ({processes})"
+            )
+    train = meta.splits.get(config.data.train_split, 0)
+    if train and config.train.batch_size > train:
+        errors.append(
+            f"config.train.batch_size = {config.train.batch_size}: more than the "
+            f"{train} examples of split {config.data.train_split!r}"
+        )
+    if errors:
+        raise config_lib.ConfigError("\n".join(errors))
+
+
 def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array) -> dict:
-    """Fresh params, with whatever `config.init_from` provides transplanted in."""
+    """Fresh params, with whatever `config.init_from` provides transplanted in.
+
+    A converted AlexNet file must provide every layer that is transplanted (conv1-fc7);
+    a run directory (an earlier stage, e.g. FCN-32s for FCN-16s) must provide at least
+    those too, with the same shapes; every other layer of the same name and shape is
+    copied as well. Anything less is a ConfigError naming what is missing.
+    """
     from fcn_jax import convert
     from fcn_jax.models import init_params
 
@@ -114,46 +192,87 @@ def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array
     if not source:
         return params
     path = Path(source)
+    need = convert.TRANSPLANTED
     if path.is_file():  # converted AlexNet weights
-        alexnet = convert.load_params(path)
+        try:
+            alexnet = convert.load_params(path)
+        except (OSError, ValueError) as e:
+            raise config_lib.ConfigError(f"config.init_from = {source!r}: {e}") from None
+        missing = [
+            f"{k} ({_shapes(alexnet.get(k))} vs {_shapes(params[k])})"
+            for k in need
+            if _shapes(alexnet.get(k)) != _shapes(params[k])
+        ]
+        if missing:
+            raise config_lib.ConfigError(
+                f"config.init_from = {source!r}: not AlexNet weights this FCN can use; "
+                f"missing or of another shape: {', '.join(missing)}"
+            )
         return convert.fcn_from_alexnet(
             alexnet, model.num_classes, model.variant, rng, trainable_upsampling=model.trainable_upsampling
         )
-    if path.is_dir():  # an earlier stage (e.g. FCN-32s for FCN-16s)
-        src, _, step = checkpoints.load_params(path)
-        copied = []
-        for name, layer in src.items():
-            if name in params and all(np.shape(layer[k]) == np.shape(params[name].get(k)) for k in layer):
-                params[name] = {k: np.asarray(v, np.float32) for k, v in layer.items()}
-                copied.append(name)
+    if path.is_dir():
+        try:
+            src = run_lib.load_trained(path)
+        except run_lib.RunError as e:
+            raise config_lib.ConfigError(f"config.init_from = {source!r}: {e}") from None
+        copied = [
+            k for k, layer in src.params.items() if k in params and _shapes(layer) == _shapes(params[k])
+        ]
+        missing = [k for k in need if k not in copied]
+        if missing:
+            raise config_lib.ConfigError(
+                f"config.init_from = {source!r}: its {', '.join(missing)} do not fit this model "
+                "(another backbone or layer sizes)"
+            )
+        for k in copied:
+            params[k] = {n: np.asarray(v, np.float32) for n, v in src.params[k].items()}
         if jax.process_index() == 0:
-            print(f"init_from {path} (step {step}): copied {', '.join(copied)}")
+            print(f"init_from {src.step_dir}: copied {', '.join(copied)}")
         return params
-    raise FileNotFoundError(
-        f"config.init_from: {source} is neither a converted weights file nor a run directory"
+    raise config_lib.ConfigError(
+        f"config.init_from = {source!r}: neither a converted weights file nor a run directory"
     )
 
 
-class MetricLog:
-    """metrics.jsonl plus TensorBoard events; only process 0 writes."""
+def _shapes(layer) -> dict | None:
+    return None if layer is None else {k: tuple(np.shape(v)) for k, v in layer.items()}
 
-    def __init__(self, workdir: Path, resume_step: int):
+
+class MetricLog:
+    """metrics.jsonl plus TensorBoard events; only process 0 writes.
+
+    On resume, records after the checkpoint resumed from are dropped (they will be
+    logged again), and so is a line cut short by a kill or a full disk, with a warning;
+    the file is rewritten atomically, and only if something was dropped."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path, resume_step: int):
         self.enabled = jax.process_index() == 0
-        self.path = workdir / "metrics.jsonl"
+        self.path = path
         if not self.enabled:
             return
-        if self.path.exists():  # drop what was logged after the checkpoint we resume from
-            kept = [
-                l
-                for l in self.path.read_text().splitlines()
-                if l.strip() and json.loads(l)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(l + "\n" for l in kept))
+        if self.path.exists():
+            text = self.path.read_text(errors="replace")
+            kept = []
+            lines = text.splitlines()
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    step = int(record["step"])
+                except (ValueError, KeyError, TypeError):
+                    where = "its last line is cut short" if n == len(lines) else f"line {n} is not a record"
+                    run_lib.warn(f"{self.path}: {where}; dropped it")
+                    continue
+                if step <= resume_step:
+                    kept.append(line)
+            new = "".join(line + "\n" for line in kept)
+            if new != text:
+                fsutil.atomic_write_text(self.path, new)
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(
-            str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
-        )
+        self.tb = SummaryWriter(str(tensorboard_dir), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
@@ -175,132 +294,247 @@ class MetricLog:
             self.tb.close()
 
 
+class StopSignals:
+    """SIGINT and SIGTERM ask the loop to save the current step and stop; a second
+    signal stops at once (KeyboardInterrupt). Installed only in the main thread."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if jax.process_index() == 0:
+            print(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                "(send it again to stop at once, without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def requested(self, is_log_step: bool) -> int | None:
+        """The signal to stop for, agreed by all processes (which check at logging steps)."""
+        if jax.process_count() == 1:
+            return self.signum
+        if not is_log_step:
+            return None
+        from jax.experimental import multihost_utils
+
+        seen = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        return int(np.max(seen)) or None
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 # -- the loop ---------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Train (resuming if `workdir` has checkpoints); returns the last metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, restart: bool = False) -> dict:
+    """Train, resuming if `workdir` holds a run; returns the last eval metrics.
+
+    `restart=True` moves a run already in `workdir` aside (to `<workdir>.old-<time>`)
+    and starts a new one. Raises config.ConfigError, run.RunError (and its
+    RunLocked / IncompatibleRun), data.DataError, NonFiniteLoss or Interrupted.
+    """
+    config_lib.check(config)
+    root = Path(workdir).absolute()
+    primary = jax.process_index() == 0
+    lock = None
+    try:
+        if primary:
+            lock = run_lib.RunLock(root).acquire()
+            if restart and run_lib.Run(root).exists():
+                moved = run_lib.move_aside(run_lib.Run(root))
+                new_lock = run_lib.RunLock(root).acquire()
+                lock.release()
+                lock = new_lock
+                print(f"moved the previous run to {moved}", flush=True)
+        _sync("fcn_jax_locked")
+        if not primary:
+            lock = run_lib.RunLock(root, jax.process_index()).acquire()
+        return _train(config, run_lib.Run(root))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
     from tqdm import tqdm
 
     from fcn_jax import data
 
-    workdir = Path(workdir).absolute()
     primary = jax.process_index() == 0
-    if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
-    _sync("workdir")
     data_dir = resolve_data_dir(config)
     meta = data.load_meta(data_dir)
-    model = build_model(config, meta.num_classes)
-
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model.num_classes = meta.num_classes
-    config.data.data_dir = str(data_dir)
-    if primary:
-        checkpoints.write_json(workdir / "config.json", json.loads(config.to_json()))
-        checkpoints.write_json(workdir / "dataset.json", checkpoints.meta_to_json(meta))
-
+    _check_data(config, meta)
+    spec = ModelSpec.from_config(config.model, meta.num_classes)
+    model = spec.build()
     steps, accumulate = int(config.train.steps), int(config.optimizer.accumulate_steps)
-    tx, schedule = training.make_optimizer(
-        {**config.optimizer.to_dict(), "decay_steps": max(steps // accumulate, 1)}
-    )
-    class_weights = None
-    if config.loss.class_weighting == "median_frequency":
-        class_weights = data.class_weights(data_dir)
-    elif config.loss.class_weighting != "none":
-        raise ValueError(
-            f"loss.class_weighting must be none or median_frequency, got {config.loss.class_weighting!r}"
-        )
-
+    tx, schedule = training.make_optimizer(config.optimizer, decay_steps=max(steps // accumulate, 1))
     mesh = training.data_mesh()
     replicated = NamedSharding(mesh, P())
-    train_step, _ = training.compile_steps(mesh, model, tx, meta.ignore_index, class_weights)
-    loader = data.TrainLoader(
-        data_dir,
-        split=config.data.train_split,
-        global_batch_size=config.train.batch_size,
-        crop_size=tuple(config.data.crop_size) if config.data.crop_size else None,
-        scale_range=tuple(config.data.scale_range) if config.data.scale_range else None,
-        flip=config.data.flip,
-        seed=config.seed,
-        num_threads=config.data.num_threads or None,
-        cache=config.data.cache,
-        normalize=False,  # uint8 to the device, normalised inside the jitted step
-    )
-
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(lambda: training.init_state(model, tx, rng))
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
-    ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    restored = ckpt.restore_latest(abstract)
+
+    # -- is this a new run, or one this config may continue? (nothing is written before) --
+    user_config = json.loads(config.to_json())
+    dataset = run_lib.dataset_record(meta, config.data.train_split)
+    if run.exists():
+        problems = run_lib.check_resumable(run, user_config, spec, dataset, abstract)
+        if problems:
+            raise run_lib.IncompatibleRun(
+                f"{run.root} holds a run that this config cannot continue:\n  "
+                + "\n  ".join(problems)
+                + f"\nTrain in another --workdir, or pass --restart to move the saved run aside to "
+                f"{run.root.name}.old-<time> (nothing is deleted)."
+            )
+    else:
+        others = [p.name for p in run.root.iterdir() if not p.name.startswith(run_lib.LOCK)]
+        if others:
+            raise run_lib.RunError(
+                f"{run.root}: holds files but no run ({', '.join(sorted(others)[:5])}); "
+                "pass an empty or new --workdir"
+            )
+    fresh = None
+    if not run.steps(run_lib.LATEST):  # init_from is checked before anything is written
+        fresh = initial_params(config, model, jax.random.fold_in(rng, 1))
+    if primary:
+        changes = run_lib.write_records(
+            run, user_config, spec, dataset, (run.steps(run_lib.LATEST) or [0])[-1]
+        )
+        if changes:
+            print("resuming with a changed config (the previous one is kept in configs/):", flush=True)
+            for line in changes:
+                print(f"  {line}", flush=True)
+    _sync("fcn_jax_records")
+
+    class_weights = (
+        data.class_weights(data_dir) if config.loss.class_weighting == "median_frequency" else None
+    )
+    loader = make_loader(config, data_dir, mesh)
+    on_device = loader.path == device_data.PATH
+    train_step, _ = training.compile_steps(
+        mesh, model, tx, meta.ignore_index, class_weights, device_data=loader.aug if on_device else None
+    )
+    store = run_lib.CheckpointStore(run, keep=config.train.keep_checkpoints)
+    restored = store.restore_latest(abstract)
     if restored is not None:
         state, ckpt_meta, start = restored
-        loader.set_state(ckpt_meta["data_state"])
+        try:
+            loader.set_state(ckpt_meta["data_state"])
+        except ValueError as e:
+            raise run_lib.IncompatibleRun(f"{run.latest_dir / str(start)}: {e}") from None
         if primary:
-            print(f"resuming from {workdir}/checkpoints/{start}")
+            print(f"resuming from {run.latest_dir / str(start)}", flush=True)
     else:
-        params = initial_params(config, model, jax.random.fold_in(rng, 1))
-        state = jax.jit(lambda p: training.init_state(model, tx, rng, p), out_shardings=replicated)(params)
+        if fresh is None:  # every checkpoint was set aside
+            fresh = initial_params(config, model, jax.random.fold_in(rng, 1))
+        state = jax.jit(lambda p: training.init_state(model, tx, rng, p), out_shardings=replicated)(fresh)
         start = 0
+    if start >= steps:
+        if primary:
+            print(f"{run.root} is at step {start}, train.steps is {steps}: nothing to train", flush=True)
+        return {}
 
-    log = MetricLog(workdir, start)
+    log = MetricLog(run.metrics_file, run.root / "tensorboard", start)
+    health = training.healthy()
     last_eval: dict = {}
     bar = tqdm(total=steps, initial=start, disable=not primary, desc="train", unit="step", dynamic_ncols=True)
-    t0, seen = time.perf_counter(), 0
+    if not on_device:  # batches cross to the devices two steps ahead of their use
+        loader = data.Prefetcher(loader, mesh, size=2)
+    t0, seen, host_s = time.perf_counter(), 0, 0.0
     try:
-        for step in range(start, steps):
-            batch = next(loader)
-            if step == config.train.nan_at_step:
-                batch["image"] = batch["image"] * np.float32("nan")
-            state, metrics = train_step(state, data.to_global(batch, mesh))
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                good = ckpt.latest.latest_step()
-                raise NonFiniteLoss(
-                    f"loss is {loss} at step {step + 1}; stopping. The last good checkpoint is "
-                    + (
-                        f"{workdir}/checkpoints/{good}"
-                        if good is not None
-                        else "none (no checkpoint was saved yet)"
-                    )
-                    + ". Lower optimizer.learning_rate or set optimizer.clip_grad_norm."
+        with StopSignals() as signals:
+            for step in range(start, steps):
+                t_host = time.perf_counter()
+                if on_device:
+                    inputs = (loader.cache, next(loader))
+                else:
+                    batch = next(loader)
+                    if step == config.train.nan_at_step:
+                        batch = {**batch, "image": batch["image"] * np.float32("nan")}
+                    inputs = (batch,)
+                host_s += time.perf_counter() - t_host  # the host's share; the call below is the device's
+                state, metrics = train_step(state, *inputs)
+                health = training.track_health(health, metrics, state.step)
+                done = step + 1
+                seen += config.train.batch_size
+                bar.update(1)
+                is_log = done % config.train.log_every == 0 or done == steps
+                is_eval = bool(config.data.eval_split) and (
+                    done == steps or bool(config.train.eval_every and done % config.train.eval_every == 0)
                 )
-            done = step + 1
-            seen += config.train.batch_size
-            if done % config.train.log_every == 0 or done == steps:
-                lr = float(schedule((done - 1) // accumulate))
-                rate = seen / (time.perf_counter() - t0)
-                log.write(
-                    done,
-                    "train",
-                    {
+                is_save = done % config.train.checkpoint_every == 0 or done == steps
+                stop = signals.requested(is_log)
+                if not (is_log or is_eval or is_save or stop):
+                    continue  # no device-to-host read: the host runs ahead of the device
+                _check_health(health, store, run)
+                if is_log:
+                    loss = float(metrics["loss"])
+                    lr = float(schedule((done - 1) // accumulate))
+                    rate = seen / (time.perf_counter() - t0)
+                    record = {
                         "loss": loss,
                         "learning_rate": lr,
                         "grad_norm": float(metrics["grad_norm"]),
                         "images_per_s": rate,
-                    },
-                )
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.2f}")
-                t0, seen = time.perf_counter(), 0
-            bar.update(1)
-            is_eval = done == steps or (config.train.eval_every and done % config.train.eval_every == 0)
-            if is_eval and config.data.eval_split:
-                last_eval = evaluate_and_draw(
-                    config, workdir, model, state.params, data_dir, meta, mesh, done
-                )
-                log.write(done, config.data.eval_split, last_eval)
-                ckpt.save_best(
-                    done, state, {"data_state": loader.get_state(), "step": done}, last_eval["miou"]
-                )
-                t0, seen = time.perf_counter(), 0
-            if done % config.train.checkpoint_every == 0 or done == steps:
-                ckpt.save(done, state, {"data_state": loader.get_state(), "step": done})
+                        "host_us_per_step": 1e6 * host_s / (seen // config.train.batch_size),
+                    }
+                    log.write(done, "train", record)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.2f}")
+                    t0, seen, host_s = time.perf_counter(), 0, 0.0
+                ckpt_meta = {"data_state": loader.get_state(), "step": done}
+                if is_eval:
+                    last_eval = evaluate_and_draw(
+                        config, run.root, model, state.params, data_dir, meta, mesh, done
+                    )
+                    log.write(done, config.data.eval_split, last_eval)
+                    store.save_best(done, state, ckpt_meta, last_eval["miou"])
+                    t0, seen, host_s = time.perf_counter(), 0, 0.0
+                if is_save or stop:
+                    saved = store.save(done, state, ckpt_meta)
+                if stop:
+                    raise Interrupted(stop, done, saved)
     finally:
         bar.close()
-        ckpt.wait()
-        ckpt.close()
         log.close()
     return last_eval
+
+
+def _check_health(health: training.Health, store: run_lib.CheckpointStore, run: run_lib.Run) -> None:
+    """Raise NonFiniteLoss if any step since the start diverged; nothing is saved then."""
+    ok, bad_step, bad_loss = (np.asarray(x) for x in health)
+    if bool(ok):
+        return
+    good = store.latest_step()
+    where = f"{run.latest_dir / str(good)}" if good is not None else "none (no checkpoint was saved yet)"
+    what = (
+        f"loss is {float(bad_loss)}"
+        if not math.isfinite(float(bad_loss))
+        else (f"parameters or gradients became non-finite (loss {float(bad_loss):.4g})")
+    )
+    raise NonFiniteLoss(
+        f"{what} at step {int(bad_step)}; stopping without saving it. The last good checkpoint is "
+        f"{where}. Lower optimizer.learning_rate or set optimizer.clip_grad_norm, then run again: "
+        "it resumes from there."
+    )
 
 
 def evaluate_and_draw(
@@ -354,7 +588,8 @@ def draw_predictions(
         [e[1] for e in examples], [e[2] for e in examples], preds, meta.palette, meta.ignore_index
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    with fsutil.atomic_output(path) as tmp:
+        Image.fromarray(grid).save(tmp)
 
 
 _segmenters: dict = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -34,16 +34,17 @@ class TrainState:
 # -- optimizer ------------------------------------------------------------------
 
 
-def make_schedule(cfg: Mapping) -> optax.Schedule:
-    """`cfg`: learning_rate, schedule ('constant' | 'poly' | 'cosine'), warmup_steps,
-    decay_steps (optimizer updates after warmup), poly_power."""
-    lr, warmup = float(cfg["learning_rate"]), int(cfg.get("warmup_steps", 0))
-    decay = max(int(cfg["decay_steps"]) - warmup, 1)
-    name = cfg.get("schedule", "poly")
+def make_schedule(cfg: Mapping, decay_steps: int) -> optax.Schedule:
+    """The learning rate per optimizer update. `cfg`: the `optimizer` section of an
+    experiment config (every key; defaults in `fcn_jax.config.base_config`);
+    `decay_steps`: optimizer updates in the whole run, warmup included."""
+    lr, warmup = float(cfg["learning_rate"]), int(cfg["warmup_steps"])
+    decay = max(int(decay_steps) - warmup, 1)
+    name = cfg["schedule"]
     if name == "constant":
         main = optax.constant_schedule(lr)
     elif name == "poly":  # (1 - t/T)^0.9, as torchvision's segmentation references
-        main = optax.polynomial_schedule(lr, 0.0, float(cfg.get("poly_power", 0.9)), decay)
+        main = optax.polynomial_schedule(lr, 0.0, float(cfg["poly_power"]), decay)
     elif name == "cosine":
         main = optax.cosine_decay_schedule(lr, decay)
     else:
@@ -57,32 +58,32 @@ def _is_bias(path: tuple, _) -> str:
     return "bias" if getattr(path[-1], "key", None) == "bias" else "weight"
 
 
-def make_optimizer(cfg: Mapping) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(cfg: Mapping, decay_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """SGD with momentum (the FCN recipe) or AdamW. Biases get `bias_lr_mult` x the
     learning rate and no weight decay, as in the Caffe solvers; `accumulate_steps`
-    > 1 averages gradients over that many batches (optax.MultiSteps)."""
-    schedule = make_schedule(cfg)
-    wd, mult = float(cfg.get("weight_decay", 0.0)), float(cfg.get("bias_lr_mult", 1.0))
+    > 1 averages gradients over that many batches (optax.MultiSteps). `cfg` is the
+    `optimizer` section of an experiment config, every key present
+    (`fcn_jax.config.optimizer_config(**changes)` builds one from the defaults)."""
+    schedule = make_schedule(cfg, decay_steps)
+    wd, mult = float(cfg["weight_decay"]), float(cfg["bias_lr_mult"])
 
     def build(scale: float, decay: float) -> optax.GradientTransformation:
         sched = (lambda s: scale * schedule(s)) if scale != 1.0 else schedule
-        name = cfg.get("name", "sgd")
+        name = cfg["name"]
         if name == "sgd":
             parts = [optax.add_decayed_weights(decay)] if decay else []
-            return optax.chain(*parts, optax.sgd(sched, momentum=float(cfg.get("momentum", 0.9))))
+            return optax.chain(*parts, optax.sgd(sched, momentum=float(cfg["momentum"])))
         if name == "adamw":
-            return optax.adamw(
-                sched, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)), weight_decay=decay
-            )
+            return optax.adamw(sched, b1=float(cfg["b1"]), b2=float(cfg["b2"]), weight_decay=decay)
         raise ValueError(f"optimizer.name must be sgd or adamw, got {name!r}")
 
     tx = optax.multi_transform(
         {"weight": build(1.0, wd), "bias": build(mult, 0.0)},
         lambda params: jax.tree_util.tree_map_with_path(_is_bias, params),
     )
-    if cfg.get("clip_grad_norm"):
+    if cfg["clip_grad_norm"]:
         tx = optax.chain(optax.clip_by_global_norm(float(cfg["clip_grad_norm"])), tx)
-    k = int(cfg.get("accumulate_steps", 1))
+    k = int(cfg["accumulate_steps"])
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k)
     return tx, schedule
@@ -102,6 +103,7 @@ def pixel_loss(
     how many pixels an image has.
     """
     num_classes = logits.shape[-1]
+    labels = labels.astype(jnp.int32)  # uint8 on the wire
     valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
     safe = jnp.where(valid, labels, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
@@ -158,7 +160,36 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
+    # A finite loss can still come with an inf gradient or an update that overflows the
+    # parameters: all three must be finite for the new state to be worth keeping.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm, "finite": finite}
+
+
+class Health(NamedTuple):
+    """Whether every step since the run (re)started kept its state finite, and the first
+    step that did not: carried on the device, so the loop reads it only when it must
+    (logging, evaluating, saving) instead of stopping the device after every step."""
+
+    ok: jax.Array  # bool
+    first_bad_step: jax.Array  # int32, steps counted from 1; -1 while ok
+    first_bad_loss: jax.Array  # float32
+
+
+def healthy() -> Health:
+    return Health(jnp.asarray(True), jnp.asarray(-1, jnp.int32), jnp.asarray(0.0, jnp.float32))
+
+
+@jax.jit
+def track_health(health: Health, metrics: Mapping[str, jax.Array], step: jax.Array) -> Health:
+    """`step`: the state's step after the update (state.step), so the first is 1."""
+    newly_bad = health.ok & ~metrics["finite"]
+    return Health(
+        health.ok & metrics["finite"],
+        jnp.where(newly_bad, step.astype(jnp.int32), health.first_bad_step),
+        jnp.where(newly_bad, metrics["loss"].astype(jnp.float32), health.first_bad_loss),
+    )
 
 
 def predict_logits(params: Any, images: jax.Array, *, model: nn.Module) -> jax.Array:
@@ -169,6 +200,7 @@ def confusion_matrix(
     labels: jax.Array, preds: jax.Array, num_classes: int, mask: jax.Array | None = None
 ) -> jax.Array:
     """(C, C) counts, rows = truth, columns = prediction; unlabelled pixels dropped."""
+    labels, preds = labels.astype(jnp.int32), preds.astype(jnp.int32)
     valid = (labels >= 0) & (labels < num_classes)
     if mask is not None:
         valid = valid & mask
@@ -209,15 +241,38 @@ def compile_eval_step(mesh: Mesh, model: nn.Module, ignore_index: int) -> Callab
 
 
 def compile_steps(
-    mesh: Mesh, model: nn.Module, tx: optax.GradientTransformation, ignore_index: int, class_weights=None
+    mesh: Mesh,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    ignore_index: int,
+    class_weights=None,
+    device_data=None,
 ) -> tuple[Callable, Callable]:
-    """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated."""
+    """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated.
+
+    With `device_data` (a `data.device.Augment`), the train step is
+    `train(state, cache, index)`: it builds global batch `index` from the device-resident
+    `cache` (replicated) inside the same program, sharded on "data" like a host batch, so
+    the host sends one integer per step. Otherwise it is `train(state, batch)`.
+    """
     replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
-    train = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, ignore_index=ignore_index, class_weights=cw),
-        in_shardings=(replicated, batched),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    step = functools.partial(train_step, model=model, tx=tx, ignore_index=ignore_index, class_weights=cw)
+    if device_data is None:
+        train = jax.jit(
+            step, in_shardings=(replicated, batched), out_shardings=(replicated, replicated), donate_argnums=0
+        )
+    else:
+        from fcn_jax.data import device
+
+        def step_from_cache(state, cache, index):
+            batch = jax.lax.with_sharding_constraint(device.batch(device_data, cache, index), batched)
+            return step(state, batch)
+
+        train = jax.jit(
+            step_from_cache,
+            in_shardings=(replicated, replicated, replicated),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+        )
     return train, compile_eval_step(mesh, model, ignore_index)

@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from torch_twin import TorchAlexNet
 
-torch = pytest.importorskip("torch")
-from torch_twin import TorchAlexNet  # noqa: E402
-
-from fcn_jax import convert, geometry  # noqa: E402
-from fcn_jax.cli import main  # noqa: E402
-from fcn_jax.models import FCN, AlexNet  # noqa: E402
+from fcn_jax import convert, geometry
+from fcn_jax.cli import main
+from fcn_jax.models import FCN, AlexNet
 
 
 @pytest.fixture(scope="module")

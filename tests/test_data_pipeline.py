@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAMVID, make_camvid_subset
+from conftest import make_camvid_subset, require_camvid
 from PIL import Image
 
 from fcn_jax import data
@@ -20,8 +20,7 @@ from fcn_jax import data
 @pytest.fixture(scope="module")
 def camvid_out(tmp_path_factory) -> Path:
     """6 train + 3 val real CamVid pairs, prepared."""
-    if not (CAMVID / "train.txt").is_file():
-        pytest.skip(f"CamVid not found at {CAMVID}")
+    require_camvid()
     src = make_camvid_subset(tmp_path_factory.mktemp("cv"), {"train": 6, "val": 3})
     return data.prepare_camvid(src, src / "out", progress=False).parents[1]
 

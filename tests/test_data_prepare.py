@@ -17,17 +17,12 @@ from fcn_jax import data
 from fcn_jax.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import CAMVID, make_camvid_subset  # noqa: E402
-
-needs_camvid = pytest.mark.skipif(
-    not (CAMVID / "train.txt").is_file(), reason=f"CamVid not found at {CAMVID}"
-)
+from conftest import CAMVID, make_camvid_subset, needs_camvid, require_camvid  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def camvid_small(tmp_path_factory) -> Path:
-    if not (CAMVID / "train.txt").is_file():
-        pytest.skip(f"CamVid not found at {CAMVID}")
+    require_camvid()
     tmp = tmp_path_factory.mktemp("camvid")
     src = make_camvid_subset(tmp / "src", {"train": 6, "val": 3})
     out = data.prepare_camvid(src, tmp / "out", progress=False)

@@ -105,18 +105,19 @@ def test_artifact_runs_without_fcn_jax_and_equals_the_model(model, params, image
 def test_cli_export_fixed_batch_labels_only_and_loader_needs_no_flax(
     model, params, images, reference, tmp_path, capsys, monkeypatch
 ):
-    from fcn_jax import checkpoints, cli
+    from fcn_jax import cli
+    from fcn_jax import run as run_lib
 
-    # Loading a run is tested in test_predict; here the command gets the in-memory model.
+    # Loading a run is tested in test_runs; here the command gets the in-memory model.
     run = tmp_path / "run"
-    real_load = checkpoints.load_inference
+    real_load = run_lib.load_trained
 
-    def load_inference(path):
+    def load_trained(path):
         if str(path) != str(run):
             return real_load(path)
-        return model, params, camvid_meta()
+        return run_lib.Trained(model, params, camvid_meta(), run / "best" / "8", run_lib.Run(run))
 
-    monkeypatch.setattr(checkpoints, "load_inference", load_inference)
+    monkeypatch.setattr(run_lib, "load_trained", load_trained)
     path = tmp_path / "labels.jaxexport"
     assert (
         cli.main(

@@ -14,6 +14,7 @@ import pytest
 
 from fcn_jax import geometry, models
 from fcn_jax.models import FCN, Upsample, init_params
+from fcn_jax.ops import OpSet
 
 NUM_CLASSES = 5
 
@@ -57,7 +58,7 @@ def test_unknown_variant_is_rejected():
 @pytest.mark.parametrize("size", [(33, 97), (64, 64), (100, 37), (361, 479)])
 def test_output_size_equals_input_size(params, variant, size):
     # Geometry does not depend on the convolution algorithm; XLA's compiles faster.
-    out = FCN(NUM_CLASSES, variant, winograd=False).apply(
+    out = FCN(NUM_CLASSES, variant, ops=OpSet(conv="xla")).apply(
         {"params": params[variant]}, jnp.zeros((2, *size, 3))
     )
     assert out.shape == (2, *size, NUM_CLASSES)
@@ -206,12 +207,22 @@ def test_bfloat16_computation_keeps_float32_params(params):
     assert rel < 5e-2, rel
 
 
-def test_winograd_conv_has_nn_conv_parameters():
+@pytest.mark.parametrize("conv", OpSet.CHOICES["conv"])
+def test_same_conv_has_nn_conv_parameters(conv):
     """Same names, shapes and initial values as nn.Conv: checkpoints and AlexNet
     conversions do not depend on the convolution algorithm."""
     x = jnp.zeros((1, 12, 12, 4))
-    ours = models.WinogradConv(6, 3, 1, 4).init(jax.random.key(0), x)
+    ours = models.SameConv(6, 3, 1, 4, OpSet(conv=conv)).init(jax.random.key(0), x)
     flax_conv = nn.Conv(6, (3, 3), padding=((1, 1), (1, 1))).init(jax.random.key(0), x)
     assert jax.tree.structure(ours) == jax.tree.structure(flax_conv)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(flax_conv)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_op_set_is_part_of_the_models_identity():
+    """jit and lru caches key on the model: a model with other ops must not hit them."""
+    fast, reference = FCN(NUM_CLASSES, "8s"), FCN(NUM_CLASSES, "8s", ops=OpSet.reference())
+    assert fast != reference and hash(fast) != hash(reference)
+    assert fast == FCN(NUM_CLASSES, "8s", ops=OpSet())
+    with pytest.raises(ValueError, match="ops.pool must be one of auto, scatter, pads, xla"):
+        OpSet(pool="gather_typo")

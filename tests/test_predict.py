@@ -68,30 +68,35 @@ def camvid_meta(splits=None):
 
 
 def write_run(
-    workdir: Path, params: dict, meta, data_dir: str = "", step: int = 8, variant: str = VARIANT
+    workdir: Path,
+    params: dict,
+    meta,
+    data_dir: str = "",
+    step: int = 8,
+    variant: str = VARIANT,
+    conv: str = "winograd",
 ) -> Path:
-    """A run directory as `fcn_jax.train` writes it: config.json, dataset.json, best/<step>."""
-    from fcn_jax import checkpoints, training
+    """A run directory written the way `fcn_jax.train` writes one (through `fcn_jax.run`):
+    its records and one best/<step> checkpoint holding `params`."""
+    import dataclasses
+    import json
 
+    from fcn_jax import config as config_lib
+    from fcn_jax import run as run_lib
+    from fcn_jax import training
+    from fcn_jax.models import ModelSpec
+
+    config = config_lib.base_config()
+    config.model.variant = variant
+    config.model.ops.conv = conv
+    config.data.data_dir = str(data_dir)
+    spec = ModelSpec.from_config(config.model, meta.num_classes)
+    meta = dataclasses.replace(meta, data_dir=Path(data_dir) if data_dir else meta.data_dir)
+    run = run_lib.Run(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": {
-            "num_classes": meta.num_classes,
-            "variant": variant,
-            "dropout_rate": 0.5,
-            "trainable_upsampling": True,
-            "dtype": "float32",
-        },
-        "data": {"data_dir": str(data_dir), "eval_split": "val"},
-    }
-    checkpoints.write_json(workdir / "config.json", config)
-    checkpoints.write_json(workdir / "dataset.json", checkpoints.meta_to_json(meta))
-    model = FCN(meta.num_classes, variant)
-    state = training.init_state(model, optax.sgd(0.1), jax.random.key(0), params)
-    ckpt = checkpoints.Checkpointer(workdir)
-    ckpt.save_best(step, state, {"step": step}, 0.1)
-    ckpt.wait()
-    ckpt.close()
+    run_lib.write_records(run, json.loads(config.to_json()), spec, run_lib.dataset_record(meta, "train"), 0)
+    state = training.init_state(spec.build(), optax.sgd(0.1), jax.random.PRNGKey(0), params)
+    run_lib.CheckpointStore(run, keep=1).save_best(step, state, {"step": step}, 0.1)
     return workdir
 
 

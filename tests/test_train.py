@@ -3,7 +3,7 @@ damaged checkpoints, NaN stop. Runs the real `fcn-jax train` CLI on real CamVid 
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import signal
 import socket
@@ -11,100 +11,27 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from training_helpers import STEPS, assert_trees, params_at, steps_in, train_cmd, tree_digest
+from training_helpers import env as run_env
+from training_helpers import run as run_cmd
 
 from fcn_jax import checkpoints, training
+from fcn_jax import run as run_lib
+from fcn_jax.config import optimizer_config
 from fcn_jax.models import FCN
-
-REPO = Path(__file__).resolve().parents[1]
-STEPS = 6
-TINY = [
-    f"--config.train.steps={STEPS}",
-    "--config.train.checkpoint_every=2",
-    "--config.train.keep_checkpoints=3",
-    "--config.train.log_every=1",
-    "--config.data.crop_size=(48,64)",
-    "--config.data.eval_split=",
-    "--config.optimizer.name=sgd",
-    "--config.optimizer.learning_rate=1e-3",
-    # XLA's direct convolution: per-example results then do not depend on how a batch
-    # is split over processes or devices, which the equivalence tests below check to
-    # 1e-5. (With Winograd, rounding breaks the exact ties of the constant padded
-    # border differently, and max-pool routes gradient to another tap.) Winograd
-    # training is covered by test_a_few_steps_lower_the_loss and tests/test_perf.py.
-    "--config.model.winograd=False",
-]
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def _train_cmd(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "fcn_jax",
-        "train",
-        "--config",
-        str(REPO / "experiments/camvid_smoke.py"),
-        "--workdir",
-        str(workdir),
-        f"--config.data.data_dir={data_dir}",
-        *TINY,
-        *extra,
-    ]
-
-
-def _run(cmd, timeout=300, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
-
-
-def _params(workdir: Path, step: int = STEPS) -> dict:
-    params, _, restored = checkpoints.load_params(workdir / "checkpoints" / str(step))
-    assert restored == step
-    return jax.tree.map(np.asarray, params)
-
-
-def _assert_trees(a, b, rtol=0.0):
-    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for (path, x), y in zip(la, lb):
-        if rtol == 0.0:
-            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-        else:
-            scale = max(np.abs(y).max(), 1e-12)
-            assert np.abs(x - y).max() <= rtol * scale, (
-                jax.tree_util.keystr(path),
-                np.abs(x - y).max() / scale,
-            )
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, camvid_small):
-    """An uninterrupted run: the baseline every other run is compared with."""
-    workdir = tmp_path_factory.mktemp("ref") / "run"
-    r = _run(_train_cmd(workdir, camvid_small))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return workdir
+from fcn_jax.ops import OpSet
 
 
 def test_a_few_steps_lower_the_loss(camvid_small):
     from fcn_jax import data
 
     model = FCN(11, "32s")
-    tx, _ = training.make_optimizer(
-        {"name": "adamw", "learning_rate": 1e-4, "decay_steps": 10, "schedule": "constant"}
-    )
+    cfg = optimizer_config(name="adamw", learning_rate=1e-4, schedule="constant")
+    tx, _ = training.make_optimizer(cfg, decay_steps=10)
     state = training.init_state(model, tx, jax.random.PRNGKey(0))
     train_step, _ = training.compile_steps(training.data_mesh(jax.devices()[:1]), model, tx, 11)
     loader = data.TrainLoader(
@@ -115,34 +42,57 @@ def test_a_few_steps_lower_the_loss(camvid_small):
     for _ in range(6):
         state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
+        assert bool(metrics["finite"])
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_metrics_log_and_checkpoints_of_a_run(reference):
-    import json
+def test_a_step_that_overflows_the_parameters_is_not_finite_though_its_loss_is(camvid_small):
+    """The loss is computed before the update: only the step's finite flag (loss, gradient
+    and new parameters) tells that the state it returns must not be kept."""
+    from fcn_jax import data
 
-    lines = [json.loads(l) for l in (reference / "metrics.jsonl").read_text().splitlines()]
+    model = FCN(11, "32s", ops=OpSet(conv="xla"))
+    tx, _ = training.make_optimizer(optimizer_config(learning_rate=1e38, schedule="constant"), decay_steps=1)
+    state = training.init_state(model, tx, jax.random.PRNGKey(0))
+    step, _ = training.compile_steps(training.data_mesh(jax.devices()[:1]), model, tx, 11)
+    loader = data.TrainLoader(
+        camvid_small, global_batch_size=2, crop_size=(48, 64), process_index=0, process_count=1
+    )
+    health = training.healthy()
+    state, metrics = step(state, next(loader))
+    health = training.track_health(health, metrics, state.step)
+    assert np.isfinite(float(metrics["loss"])) and not bool(metrics["finite"])
+    assert not bool(health.ok) and int(health.first_bad_step) == 1
+
+
+def test_metrics_log_and_records_of_a_run(reference_run):
+    lines = [json.loads(l) for l in (reference_run / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == list(range(1, STEPS + 1))
     assert all(np.isfinite(l["loss"]) and l["learning_rate"] > 0 for l in lines)
-    assert sorted(int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4, 6]
-    assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
-    config = json.loads((reference / "config.json").read_text())
-    assert config["model"]["num_classes"] == 11
+    assert steps_in(reference_run / "checkpoints") == [2, 4, 6]
+    assert list((reference_run / "tensorboard").glob("events.out.tfevents.*"))
+    # The model spec is recorded apart from the user's config, which holds no derived facts.
+    spec = run_lib.Run(reference_run).spec()
+    assert (spec.num_classes, spec.variant, spec.ops.conv) == (11, "8s", "xla")
+    config = json.loads((reference_run / "config.json").read_text())
+    assert "num_classes" not in config["model"] and config["model"]["ops"]["conv"] == "xla"
+    for step in (2, 4, 6):
+        assert checkpoints.verify(reference_run / "checkpoints" / str(step))  # checksums present
 
 
-def test_sigkill_then_resume_gives_bitwise_equal_parameters(reference, camvid_small, tmp_path):
+def test_sigkill_then_resume_gives_bitwise_equal_parameters(reference_run, camvid_small, tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
-        _train_cmd(workdir, camvid_small),
-        env=_env(),
+        train_cmd(workdir, camvid_small),
+        env=run_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         deadline = time.time() + 240
-        while not (workdir / "checkpoints" / "2").is_dir():  # orbax renames a step dir when complete
+        while not (workdir / "checkpoints" / "2").is_dir():  # a step dir is renamed when complete
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline, "no checkpoint within 240 s"
             time.sleep(0.05)
@@ -152,37 +102,54 @@ def test_sigkill_then_resume_gives_bitwise_equal_parameters(reference, camvid_sm
         proc.wait(timeout=30)
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    r = _run(_train_cmd(workdir, camvid_small))
+    # The killed process's lock file is still there: it must not block the next run.
+    assert (workdir / ".lock").is_file()
+    r = run_cmd(train_cmd(workdir, camvid_small))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from" in r.stdout
-    _assert_trees(_params(workdir), _params(reference))
+    assert_trees(params_at(workdir), params_at(reference_run))
 
 
-def test_resume_skips_a_damaged_latest_checkpoint(reference, camvid_small, tmp_path):
+def test_damaged_newest_checkpoint_is_set_aside_and_saved_anew(reference_run, camvid_small, tmp_path):
+    """64 flipped bytes in step 6 (sizes unchanged: orbax alone restores them silently) and
+    a metrics line cut short by a kill: the run resumes from step 4, saves step 6 again
+    with keep_checkpoints=2 (so the intact step 4 must not be the one deleted), and keeps
+    the damaged copy under set_aside/."""
     workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    shutil.rmtree(workdir / "checkpoints" / "6")
-    # Damage step 4: truncate every data file of its state.
-    for f in (workdir / "checkpoints" / "4" / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
-            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
-    r = _run(_train_cmd(workdir, camvid_small))
+    shutil.copytree(reference_run, workdir)
+    data_file = max((workdir / "checkpoints" / "6" / "state").rglob("*"), key=lambda f: f.stat().st_size)
+    raw = bytearray(data_file.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+    data_file.write_bytes(bytes(raw))
+    damaged = tree_digest(workdir / "checkpoints" / "6")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "split": "tr')
+    r = run_cmd(train_cmd(workdir, camvid_small, "--config.train.keep_checkpoints=2"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "skipping damaged checkpoint" in r.stdout + r.stderr
-    assert "checkpoints/2" in r.stdout  # resumed from the step before the damaged one
-    _assert_trees(_params(workdir), _params(reference))
+    assert "checkpoints/6 is damaged" in r.stderr and "does not match its checksum" in r.stderr
+    assert "last line is cut short" in r.stderr
+    assert "resuming from" in r.stdout and "checkpoints/4" in r.stdout
+    assert steps_in(workdir / "checkpoints") == [4, 6]
+    assert_trees(params_at(workdir), params_at(reference_run))
+    (aside,) = (workdir / "set_aside").iterdir()
+    assert aside.name.startswith("checkpoints_6_damaged") and tree_digest(aside) == damaged
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(1, STEPS + 1))
 
 
-def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(camvid_small, tmp_path):
+def test_divergence_stops_without_saving_and_a_sane_rerun_continues(reference_run, camvid_small, tmp_path):
     workdir = tmp_path / "run"
-    r = _run(_train_cmd(workdir, camvid_small, "--config.train.nan_at_step=2"))
+    r = run_cmd(train_cmd(workdir, camvid_small, "--config.train.nan_at_step=2"))
     assert r.returncode == 3, r.stderr[-3000:]
     assert "loss is nan at step 3" in r.stderr
     assert "checkpoints/2" in r.stderr
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [2]
-    params = _params(workdir, 2)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    assert steps_in(workdir / "checkpoints") == [2]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params_at(workdir, 2)))
+    # Without the fault the same run continues from step 2 and ends where the reference does.
+    r = run_cmd(train_cmd(workdir, camvid_small))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_trees(params_at(workdir), params_at(reference_run))
 
 
 def _free_port() -> int:
@@ -192,12 +159,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_on_loopback_match_one_process(reference, camvid_small, tmp_path):
+def test_two_processes_on_loopback_match_one_process(reference_run, camvid_small, tmp_path):
     workdir = tmp_path / "run"
     port = _free_port()
     procs = [
         subprocess.Popen(
-            _train_cmd(
+            train_cmd(
                 workdir,
                 camvid_small,
                 "--coordinator",
@@ -209,7 +176,7 @@ def test_two_processes_on_loopback_match_one_process(reference, camvid_small, tm
                 "--init-timeout",
                 "60",
             ),
-            env=_env(),
+            env=run_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -227,11 +194,11 @@ def test_two_processes_on_loopback_match_one_process(reference, camvid_small, tm
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
     # Each process holds one device and half of every global batch; the all-reduce
     # order differs from one process's, so equality is up to float32 rounding.
-    _assert_trees(_params(workdir), _params(reference), rtol=1e-5)
+    assert_trees(params_at(workdir), params_at(reference_run), rtol=1e-5)
 
 
 def test_a_peer_that_never_joins_ends_the_process_with_a_message(camvid_small, tmp_path):
-    cmd = _train_cmd(
+    cmd = train_cmd(
         tmp_path / "run",
         camvid_small,
         "--coordinator",
@@ -244,7 +211,7 @@ def test_a_peer_that_never_joins_ends_the_process_with_a_message(camvid_small, t
         "5",
     )
     t0 = time.time()
-    r = _run(cmd, timeout=120)
+    r = run_cmd(cmd, timeout=120)
     assert r.returncode != 0
     assert time.time() - t0 < 90
     assert "joining" in r.stdout
@@ -254,12 +221,11 @@ EIGHT_DEVICES = textwrap.dedent(
     """
     import jax, numpy as np
     from fcn_jax import training, data
+    from fcn_jax.config import optimizer_config
     from fcn_jax.models import FCN
     assert jax.device_count() == 8
     model = FCN(11, "16s")
-    tx, _ = training.make_optimizer(
-        {"name": "sgd", "learning_rate": 1e-3, "decay_steps": 3, "bias_lr_mult": 2.0}
-    )
+    tx, _ = training.make_optimizer(optimizer_config(name="sgd", learning_rate=1e-3), decay_steps=3)
     loader = data.TrainLoader(DATA, global_batch_size=8, crop_size=(48, 64), process_index=0, process_count=1)
     batches = [next(loader) for _ in range(3)]
     init = training.init_state(model, tx, jax.random.PRNGKey(0))
@@ -290,6 +256,6 @@ EIGHT_DEVICES = textwrap.dedent(
 
 def test_eight_cpu_devices_match_one_device(camvid_small):
     code = f"DATA = {str(camvid_small)!r}\n" + EIGHT_DEVICES
-    r = _run([sys.executable, "-c", code], XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    r = run_cmd([sys.executable, "-c", code], XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "max absolute difference" in r.stdout

@@ -3,13 +3,12 @@
 Loads the run's best checkpoint (else its latest; or the step directory given), evaluates
 it on every image of the split at full size, prints a per-class table and writes
 `<run dir>/eval_<split>.json` (or --out). The dataset defaults to the one the run was
-trained on (config.json: data.data_dir).
+trained on (the run's dataset.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default="val", help="split of the prepared dataset (default val)")
     parser.add_argument(
-        "--data-dir", default=None, help="prepared dataset (default: the run's config.json data.data_dir)"
+        "--data-dir",
+        default=None,
+        help="prepared dataset (default: the one the run trained on, from its dataset.json)",
     )
     parser.add_argument(
         "--batch-size",
@@ -37,55 +38,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run_dir_of(path: Path) -> Path:
-    """The run directory of a run directory or of a checkpoint step directory inside it."""
-    for p in (path, path.parent.parent):
-        if (p / "config.json").is_file():
-            return p
-    raise FileNotFoundError(f"{path}: not a run directory (no config.json here or two levels up)")
-
-
-def data_dir_of(run_dir: Path, override: str | None) -> str:
-    if override:
-        return override
-    config = json.loads((run_dir / "config.json").read_text())
-    d = config.get("data", {}).get("data_dir")
-    if not d:
-        raise FileNotFoundError(f"{run_dir / 'config.json'} names no data.data_dir; pass --data-dir")
-    return d
-
-
-def checkpoint_step_dir(path: Path) -> str:
-    """The step directory that `checkpoints.load_inference(path)` reads, for the record."""
-    from fcn_jax import checkpoints
-
-    try:
-        _, manager_dir, step = checkpoints._resolve_step_dir(path.absolute())
-        return str(manager_dir / str(step))
-    except Exception:  # only informative
-        return str(path.absolute())
-
-
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from fcn_jax import checkpoints, evaluate, training
+    from fcn_jax import evaluate, fsutil, training
+    from fcn_jax import run as run_lib
     from fcn_jax.data import DataError
 
     def fail(msg: str, code: int = 2) -> int:
         print(f"fcn-jax eval: {msg}", file=sys.stderr)
         return code
 
-    path = Path(args.workdir)
-    if not path.exists():
-        return fail(f"--workdir {path}: does not exist")
     try:
-        run_dir = run_dir_of(path)
-        data_dir = data_dir_of(run_dir, args.data_dir)
+        run, step_dir = run_lib.resolve(args.workdir)
+        data_dir = args.data_dir or run.data_dir()
+        if not data_dir:
+            return fail(f"{run.root}: the run records no dataset directory; pass --data-dir")
         meta = evaluate.check_split(data_dir, args.split)
-        model, params, _ = checkpoints.load_inference(path)
-    except (FileNotFoundError, DataError, evaluate.SplitNotFound, json.JSONDecodeError) as e:
+        out = Path(args.out) if args.out else run.eval_file(args.split)
+        fsutil.check_writable_dir(out.parent, "--out")
+        trained = run_lib.load_trained(step_dir)
+    except (OSError, ValueError, DataError) as e:  # RunError, SplitNotFound are ValueErrors
         return fail(str(e))
+    model = trained.model
     if meta.num_classes != model.num_classes:
         return fail(
             f"the model predicts {model.num_classes} classes but {data_dir} has "
@@ -95,23 +70,23 @@ def run(args: argparse.Namespace) -> int:
     batch_size = 2 * mesh.size if args.batch_size is None else args.batch_size
     try:
         result = evaluate.evaluate(
-            model, params, data_dir, args.split, batch_size, mesh, progress=not args.quiet
+            model, trained.params, data_dir, args.split, batch_size, mesh, progress=not args.quiet
         )
     except ValueError as e:
         return fail(f"--batch-size: {e}" if "batch size" in str(e) else str(e))
-    print(
-        result.table(f"{args.split} ({meta.splits[args.split]} images) of {meta.data_dir}\ncheckpoint {path}")
-    )
-    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}.json"
+    title = f"{args.split} ({meta.splits[args.split]} images) of {meta.data_dir}"
+    print(result.table(f"{title}\ncheckpoint {trained.step_dir}"))
     if jax.process_index() == 0:
         record = {
-            "checkpoint": checkpoint_step_dir(path),
+            "checkpoint": str(trained.step_dir),
             "split": args.split,
             "data_dir": str(meta.data_dir),
             "num_images": meta.splits[args.split],
             **result.to_dict(),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        try:
+            fsutil.atomic_write_json(out, record, sort_keys=False)
+        except OSError as e:
+            return fail(f"--out {out}: cannot write ({e.strerror or e})")
         print(f"wrote {out}")
     return 0

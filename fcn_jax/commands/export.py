@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 HELP = "Export a trained model as a serialized jax.export artifact."
 
@@ -30,12 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what the artifact returns (default both: {'labels', 'logits'})",
     )
     parser.add_argument(
-        "--platforms", default="cpu,cuda", help="comma-separated lowering platforms (default cpu,cuda)"
+        "--platforms",
+        default="cpu,cuda",
+        help="comma-separated lowering platforms: cpu, cuda, rocm, tpu (default cpu,cuda)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcn_jax import checkpoints, export
+    from fcn_jax import export
+    from fcn_jax import run as run_lib
+    from fcn_jax.fsutil import check_writable_dir
 
     def fail(msg: str) -> int:
         print(f"fcn-jax export: {msg}", file=sys.stderr)
@@ -45,16 +50,28 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--height/--width must be >= 1, got {args.height}x{args.width}")
     if args.batch is not None and args.batch < 1:
         return fail(f"--batch must be >= 1, got {args.batch}")
-    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    # Checked before the (slow) checkpoint load, so a typo or an unwritable --out fails at once.
     try:
-        model, params, meta = checkpoints.load_inference(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        return fail(f"--checkpoint {args.checkpoint}: {e}")
+        platforms = export.check_platforms([p.strip() for p in args.platforms.split(",") if p.strip()])
+    except ValueError as e:
+        return fail(f"--platforms {args.platforms}: {e}")
+    out = Path(args.out)
+    try:
+        if out.is_dir():
+            raise OSError(f"--out {out}: is a directory; give a file name")
+        check_writable_dir(out.parent, "--out directory")
+    except OSError as e:
+        return fail(str(e))
+    try:
+        trained = run_lib.load_trained(args.checkpoint)
+    except (OSError, ValueError) as e:
+        return fail(f"--checkpoint: {e}")
+    model, params, meta = trained.model, trained.params, trained.meta
     try:
         side = export.export_model(
             model, params, meta, args.out, args.height, args.width, args.batch, args.output, platforms
         )
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         return fail(str(e))
     print(
         f"wrote {args.out} ({side['platforms']}, input uint8 {side['input']['shape']}, "

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-images", type=int, default=4, help="images in the prediction grid (default 4; 0: none)"
     )
     parser.add_argument(
-        "--data-dir", default=None, help="prepared dataset (default: the run's config.json data.data_dir)"
+        "--data-dir",
+        default=None,
+        help="prepared dataset (default: the one the run trained on, from its dataset.json)",
     )
     parser.add_argument(
         "--evaluate",
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             progress=not args.quiet,
         )
-    except FileNotFoundError as e:
-        print(f"fcn-jax report: --workdir: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # run.RunError: missing run, damaged checkpoint
+        print(f"fcn-jax report: {e}", file=sys.stderr)
         return 2
     text = readme.read_text()
     print(f"wrote {readme.parent}/ ({', '.join(sorted(p.name for p in readme.parent.glob('*.png')))})")

@@ -14,6 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", required=True, help="experiment file (get_config()), e.g. experiments/camvid_fcn8s.py"
     )
     parser.add_argument("--workdir", required=True, help="run directory; an existing one is resumed")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="move a run already in --workdir aside to WORKDIR.old-<time> (nothing is deleted) "
+        "and start a new one there",
+    )
     dist = parser.add_argument_group(
         "several processes (hosts); also read from JAX's own environment detection"
     )
@@ -30,22 +36,27 @@ def run(args: argparse.Namespace) -> int:
     from fcn_jax import config as config_lib
     from fcn_jax import train
 
+    def fail(message: str, code: int = 2) -> int:
+        print(f"fcn-jax train: {message}", file=sys.stderr)
+        return code
+
     try:
         config = config_lib.apply_overrides(config_lib.load_config(args.config), args.overrides)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fcn-jax train: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as e:
+        return fail(str(e))
+    except Exception as e:  # the experiment file is user code: any error in it is bad input
+        return fail(f"--config {args.config}: {type(e).__name__}: {e}")
     if args.num_processes > 1:
         if not args.coordinator:
-            print("fcn-jax train: --num-processes > 1 needs --coordinator HOST:PORT", file=sys.stderr)
-            return 2
+            return fail("--num-processes > 1 needs --coordinator HOST:PORT")
         train.initialize_distributed(args.coordinator, args.num_processes, args.process_id, args.init_timeout)
     try:
-        train.train_and_evaluate(config, args.workdir)
+        train.train_and_evaluate(config, args.workdir, restart=args.restart)
     except train.NonFiniteLoss as e:
-        print(f"fcn-jax train: {e}", file=sys.stderr)
-        return 3
-    except (FileNotFoundError, ValueError) as e:  # bad config values, missing or bad data (DataError)
-        print(f"fcn-jax train: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), 3)
+    except train.Interrupted as e:
+        print(f"fcn-jax train: {e}; run the same command to continue", file=sys.stderr)
+        return e.exit_code
+    except (OSError, ValueError) as e:  # bad config values, run dir, missing or bad data (DataError)
+        return fail(str(e))
     return 0

@@ -11,7 +11,14 @@ from fcn_jax.data.camvid import download_camvid, prepare_camvid
 from fcn_jax.data.catalog import CATALOG, cityscapes_ids_to_train_ids, pet_trimap_to_classes, prepare_tfds
 from fcn_jax.data.errors import DataError
 from fcn_jax.data.folder import prepare_folder
-from fcn_jax.data.meta import DatasetMeta, default_palette, load_index, load_meta, resolve_dataset_dir
+from fcn_jax.data.meta import (
+    DatasetMeta,
+    default_palette,
+    load_index,
+    load_meta,
+    resolve_dataset_dir,
+    split_fingerprint,
+)
 from fcn_jax.data.pipeline import TrainLoader, eval_batches, open_source, to_global
 from fcn_jax.data.stats import class_counts, class_stats, class_weights, median_frequency_weights
 from fcn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, normalize_jax
@@ -42,5 +49,6 @@ __all__ = [
     "prepare_folder",
     "prepare_tfds",
     "resolve_dataset_dir",
+    "split_fingerprint",
     "to_global",
 ]

@@ -42,6 +42,28 @@ class DatasetMeta:
         a, b = dataclasses.asdict(self), dataclasses.asdict(other)
         return np.array_equal(a.pop("palette"), b.pop("palette")) and a == b
 
+    def to_dict(self) -> dict:
+        """Plain JSON types (a run records the dataset it was trained on this way)."""
+        d = dataclasses.asdict(self)
+        d["palette"] = np.asarray(self.palette).tolist()
+        d["ignore_color"] = list(self.ignore_color)
+        d["data_dir"] = None if self.data_dir is None else str(self.data_dir)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetMeta:
+        """The inverse of to_dict; keys it does not know are ignored, missing ones are errors."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["palette"] = np.asarray(kwargs["palette"], np.uint8).reshape(-1, 3)
+        kwargs["class_names"] = list(kwargs["class_names"])
+        kwargs["splits"] = {str(k): int(v) for k, v in dict(kwargs.get("splits") or {}).items()}
+        if kwargs.get("data_dir"):
+            kwargs["data_dir"] = Path(kwargs["data_dir"])
+        if "ignore_color" in kwargs:
+            kwargs["ignore_color"] = tuple(int(v) for v in kwargs["ignore_color"])
+        return cls(**kwargs)
+
     def colorize(self, label: np.ndarray) -> np.ndarray:
         """Class-index mask (H, W) -> uint8 RGB (H, W, 3); ignore/out-of-range -> ignore_color."""
         lut = np.tile(np.asarray(self.ignore_color, np.uint8), (256, 1))
@@ -154,3 +176,14 @@ def load_index(data_dir, split: str) -> dict:
     if split not in index["splits"]:
         raise DataError(f"{d}: no split {split!r} (have {', '.join(index['splits'])})", d)
     return index["splits"][split]
+
+
+def split_fingerprint(data_dir, split: str) -> str:
+    """sha256 of a split's file names and image sizes, in record order: the same for a
+    dataset prepared again from the same files or moved elsewhere, different when the
+    examples differ. A run records it to refuse resuming on other data."""
+    import hashlib
+
+    entry = load_index(data_dir, split)
+    text = json.dumps([entry["file_names"], entry["shapes"]], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

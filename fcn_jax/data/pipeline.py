@@ -62,7 +62,7 @@ def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 class TrainLoader:
     """Infinite iterator of process-local training batches with resumable state.
 
-    Yields {"image": float32 (L, h, w, 3) normalised, "label": int32 (L, h, w)},
+    Yields {"image": float32 (L, h, w, 3) normalised, "label": uint8 (L, h, w)},
     L = global_batch_size // process_count. Each epoch drops its last partial global batch.
     `crop_size=None` gives whole images without scaling (all images must have one size).
     `get_state()` / `set_state()` use a small JSON-serialisable dict.
@@ -161,7 +161,7 @@ class TrainLoader:
             ignore_index=self.meta.ignore_index,
         )
         image = transforms.normalize(image) if self.normalize else np.ascontiguousarray(image)
-        return {"image": image, "label": label.astype(np.int32)}
+        return {"image": image, "label": np.ascontiguousarray(label, np.uint8)}
 
     def _make_iter(self):
         import grain
@@ -192,10 +192,13 @@ class TrainLoader:
     def epoch(self) -> int:
         return self._epoch
 
+    path = "host"
+
     def get_state(self) -> dict:
         """Where the next batch comes from; JSON-serialisable."""
         return {
             "version": STATE_VERSION,
+            "path": self.path,
             "split": self.split,
             "seed": self.seed,
             "global_batch_size": self.global_batch_size,
@@ -205,17 +208,38 @@ class TrainLoader:
         }
 
     def set_state(self, state: dict) -> None:
-        for key in ("seed", "global_batch_size", "num_examples", "split"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"loader state has {key}={state[key]!r}, this loader "
-                    f"{getattr(self, key)!r}: it belongs to another configuration"
-                )
-        epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
-        if not 0 <= step < self.steps_per_epoch or epoch < 0:
-            raise ValueError(f"loader state epoch={epoch} step_in_epoch={step} out of range")
-        self._epoch, self._step = epoch, step
+        from fcn_jax.data.device import check_state
+
+        check_state(self, state)
+        self._epoch, self._step = int(state["epoch"]), int(state["step_in_epoch"])
         self._it = None  # restart the stream from the restored position
+
+
+class Prefetcher:
+    """Batches of a host loader put on the devices `size` steps ahead, so the copy of batch
+    k+1 overlaps step k. `get_state` is the loader's state after the last batch *taken*
+    (not the ones waiting), which is what a checkpoint must record."""
+
+    def __init__(self, loader, mesh, size: int = 2):
+        import collections
+
+        self.loader, self.mesh, self.size = loader, mesh, int(size)
+        self.path = loader.path
+        self._queue = collections.deque()
+        self._state = loader.get_state()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        while len(self._queue) < self.size + 1:
+            batch = next(self.loader)
+            self._queue.append((to_global(batch, self.mesh), self.loader.get_state()))
+        batch, self._state = self._queue.popleft()
+        return batch
+
+    def get_state(self) -> dict:
+        return dict(self._state)
 
 
 def eval_batches(
@@ -228,7 +252,7 @@ def eval_batches(
 ):
     """Whole images, no augmentation, in dataset order, grouped by image size.
 
-    Yields {"image": float32 (L, H, W, 3), "label": int32 (L, H, W), "valid": bool (L,),
+    Yields {"image": float32 (L, H, W, 3), "label": uint8 (L, H, W), "valid": bool (L,),
     "file_name": list[str]}. A size group's last partial global batch is filled by repeating
     its first image with valid=False, so every process gets the same number of batches and
     each real example appears exactly once with valid=True across all processes.
@@ -256,7 +280,7 @@ def eval_batches(
         image, label, name = _read(source, i)
         return {
             "image": transforms.normalize(image),
-            "label": label.astype(np.int32),
+            "label": np.ascontiguousarray(label, np.uint8),
             "valid": valid,
             "file_name": name,
         }

@@ -48,13 +48,22 @@ def denormalize(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
+def nearest_rows(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of every output pixel of a nearest-neighbour resize: the pixel whose
+    span holds the output pixel's centre, floor((o + 0.5) * in / out), computed exactly in
+    integers (PIL computes it in floating point, which can land one pixel off). The
+    device-resident path (`data.device.nearest_index`) uses the same formula."""
+    o = np.arange(out_size, dtype=np.int64)
+    return ((2 * o + 1) * in_size) // (2 * out_size)
+
+
 def resize_pair(image: np.ndarray, label: np.ndarray, size_hw: tuple[int, int]):
-    """Resize image bilinear and label nearest-neighbour to (h, w)."""
+    """Resize image bilinear (PIL's, antialiased when shrinking) and label nearest-neighbour to (h, w)."""
     h, w = size_hw
     if image.shape[:2] == (h, w):
         return image, label
     img = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    lab = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+    lab = label[nearest_rows(label.shape[0], h)[:, None], nearest_rows(label.shape[1], w)[None, :]]
     return img, lab
 
 
@@ -72,6 +81,51 @@ def pad_to(image: np.ndarray, label: np.ndarray, min_hw: tuple[int, int], ignore
     return img, lab
 
 
+def draw_augmentation(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    crop_size: tuple[int, int] | None,
+    scale_range: tuple[float, float] | None,
+    flip: bool,
+) -> tuple[int, int, int, int, bool]:
+    """(scaled height, scaled width, crop top, crop left, flip) for an image of `shape`,
+    drawn from `rng` in a fixed order (scale, crop y, crop x, flip), so an example's
+    augmentation depends only on how `rng` was seeded."""
+    h, w = shape
+    s = rng.uniform(*scale_range) if (crop_size is not None and scale_range) else 1.0
+    top = left = 0
+    if crop_size is not None:
+        if s != 1.0:
+            h, w = max(1, round(h * s)), max(1, round(w * s))
+        ch, cw = crop_size
+        top = int(rng.integers(0, max(h, ch) - ch + 1))
+        left = int(rng.integers(0, max(w, cw) - cw + 1))
+    flipped = bool(flip and rng.random() < 0.5)
+    return h, w, top, left, flipped
+
+
+def apply_augmentation(
+    image: np.ndarray,
+    label: np.ndarray,
+    draw: tuple[int, int, int, int, bool],
+    *,
+    crop_size: tuple[int, int] | None,
+    ignore_index: int,
+):
+    """Resize to the drawn size, pad to `crop_size` (mean colour / ignore value), crop at
+    the drawn corner, flip if drawn. uint8 in, uint8 out."""
+    h, w, top, left, flipped = draw
+    if crop_size is not None:
+        image, label = resize_pair(image, label, (h, w))
+        image, label = pad_to(image, label, crop_size, ignore_index)
+        ch, cw = crop_size
+        image, label = image[top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
+    if flipped:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return image, label
+
+
 def augment(
     image: np.ndarray,
     label: np.ndarray,
@@ -82,21 +136,6 @@ def augment(
     flip: bool,
     ignore_index: int,
 ):
-    """Random scale, random crop to `crop_size` (padding as needed), horizontal flip.
-
-    Draws from `rng` in a fixed order (scale, crop y, crop x, flip) so an example's
-    augmentation depends only on how `rng` was seeded. uint8 in, uint8 out.
-    """
-    s = rng.uniform(*scale_range) if (crop_size is not None and scale_range) else 1.0
-    if crop_size is not None:
-        h, w = label.shape
-        if s != 1.0:
-            image, label = resize_pair(image, label, (max(1, round(h * s)), max(1, round(w * s))))
-        image, label = pad_to(image, label, crop_size, ignore_index)
-        ch, cw = crop_size
-        y = int(rng.integers(0, label.shape[0] - ch + 1))
-        x = int(rng.integers(0, label.shape[1] - cw + 1))
-        image, label = image[y : y + ch, x : x + cw], label[y : y + ch, x : x + cw]
-    if flip and rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    return image, label
+    """Random scale, random crop to `crop_size` (padding as needed), horizontal flip."""
+    draw = draw_augmentation(label.shape, rng, crop_size=crop_size, scale_range=scale_range, flip=flip)
+    return apply_augmentation(image, label, draw, crop_size=crop_size, ignore_index=ignore_index)

@@ -1,0 +1,317 @@
+"""What a run directory survives: changed configs, a second trainer, SIGINT/SIGTERM, bad
+config values, damaged checkpoints in every command that reads one. (Kill -9, damaged
+checkpoints on resume and divergence are in test_train.py.) Real training runs on real
+CamVid crops, real orbax checkpoints on disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from test_predict import camvid_crops, random_params, write_run
+from training_helpers import (
+    STEPS,
+    assert_trees,
+    env,
+    params_at,
+    run,
+    steps_in,
+    train_cmd,
+    tree_digest,
+)
+
+from fcn_jax import checkpoints, cli, data
+from fcn_jax import run as run_lib
+from fcn_jax.models import FCN
+
+
+def _untouched(root: Path) -> dict:
+    """Every file of a run but the lock (whose content names the last process to take it)."""
+    return {k: v for k, v in tree_digest(root).items() if k != ".lock"}
+
+
+def _train(workdir, data_dir, *extra) -> int:
+    """`fcn-jax train` in this process (for refusals, which happen before any compile)."""
+    return cli.main(train_cmd(workdir, data_dir, *extra)[3:])
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("fcn-jax")]
+
+
+# -- a changed config ---------------------------------------------------------------------
+
+
+def test_an_incompatible_config_is_refused_before_anything_is_touched(
+    reference_run, camvid_small, tmp_path, capsys
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    before = _untouched(workdir)
+    assert _train(workdir, camvid_small, "--config.model.variant=16s", "--config.train.steps=5") == 2
+    err = capsys.readouterr().err
+    assert "model.variant: saved '8s', this config '16s'" in err and "--restart" in err
+    assert _untouched(workdir) == before
+    # Other data order (batch size, seed) and another optimizer are refused the same way.
+    assert _train(workdir, camvid_small, "--config.train.batch_size=1", "--config.seed=3") == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size: saved 2, this config 1" in err and "seed: saved 0, this config 3" in err
+    assert _train(workdir, camvid_small, "--config.optimizer.name=adamw") == 2
+    assert "optimizer.name: saved 'sgd', this config 'adamw'" in capsys.readouterr().err
+    assert _untouched(workdir) == before
+
+
+def test_restart_moves_the_old_run_aside_and_starts_a_new_one(reference_run, camvid_small, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    before = _untouched(workdir)
+    r = run(
+        train_cmd(workdir, camvid_small, "--restart", "--config.model.variant=32s", "--config.train.steps=1")
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (old,) = tmp_path.glob("run.old-*")
+    assert f"moved the previous run to {old}" in r.stdout
+    assert _untouched(old) == before
+    assert run_lib.Run(workdir).spec().variant == "32s" and steps_in(workdir / "checkpoints") == [1]
+
+
+def test_a_compatible_change_resumes_and_keeps_the_replaced_config(reference_run, camvid_small, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    old_config = json.loads((workdir / "config.json").read_text())
+    r = run(
+        train_cmd(workdir, camvid_small, "--config.train.steps=7", "--config.optimizer.learning_rate=5e-4")
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout and "checkpoints/6" in r.stdout
+    assert "optimizer.learning_rate: 0.001 -> 0.0005" in r.stdout
+    assert steps_in(workdir / "checkpoints") == [4, 6, 7]
+    (kept,) = (workdir / "configs").iterdir()
+    assert json.loads(kept.read_text()) == old_config
+    assert json.loads((workdir / "config.json").read_text())["optimizer"]["learning_rate"] == 5e-4
+
+
+def test_a_run_that_is_already_done_trains_nothing(reference_run, camvid_small, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    before = tree_digest(workdir / "checkpoints")
+    assert _train(workdir, camvid_small, "--config.train.steps=4") == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert tree_digest(workdir / "checkpoints") == before
+
+
+# -- one trainer per directory; signals ----------------------------------------------------------
+
+
+def _start(workdir, data_dir, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        train_cmd(workdir, data_dir, *extra),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before {path} appeared: {proc.communicate()[1][-3000:]}")
+        assert time.time() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.01)
+
+
+def test_a_second_trainer_is_refused_and_sigterm_saves_the_current_step(camvid_small, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    proc = _start(workdir, camvid_small, "--config.train.steps=1000", "--config.train.checkpoint_every=2")
+    try:
+        _wait_for(workdir / "checkpoints" / "2", proc)
+        t = time.time()
+        assert _train(workdir, camvid_small) == 2
+        (line,) = _error_lines(capsys.readouterr().err)
+        assert f"pid {proc.pid}" in line and "another fcn-jax train" in line and time.time() - t < 30
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    saved = int(err.split("after step ")[1].split(";")[0])
+    assert saved >= 2 and saved in steps_in(workdir / "checkpoints"), err[-2000:]
+    assert checkpoints.verify(workdir / "checkpoints" / str(saved))
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == saved  # logged every step, up to the one saved
+
+
+def test_ctrl_c_saves_and_the_resumed_run_is_bitwise_equal(reference_run, camvid_small, tmp_path):
+    workdir = tmp_path / "run"
+    proc = _start(workdir, camvid_small)
+    try:
+        _wait_for(workdir / "checkpoints" / "2", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGINT: saving a checkpoint after this step" in err
+    saved = steps_in(workdir / "checkpoints")[-1]
+    assert 2 < saved < STEPS, "stopped at a step the schedule does not save"
+    r = run(train_cmd(workdir, camvid_small))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoints/{saved}" in r.stdout
+    assert_trees(params_at(workdir), params_at(reference_run))
+
+
+# -- config values checked before the first step -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.data.eval_split=vall", "config.data.eval_split = 'vall': "),
+        ("--config.train.steps=0", "config.train.steps = 0: must be an integer >= 1"),
+        ("--config.train.log_every=0", "config.train.log_every = 0: must be an integer >= 1"),
+        ("--config.train.checkpoint_every=-1", "config.train.checkpoint_every = -1"),
+        ("--config.model.ops.conv=fast", "ops.conv must be one of winograd, xla"),
+        ("--config.optimizer.schedule=linear", "config.optimizer.schedule = 'linear'"),
+        ("--config.train.batch_size=9", "more than the 8 examples"),
+    ],
+)
+def test_bad_config_values_are_refused_before_training(camvid_small, tmp_path, capsys, override, message):
+    workdir = tmp_path / "run"
+    assert _train(workdir, camvid_small, "--config.data.eval_split=val", override) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (workdir / "model.json").exists() and not (workdir / "checkpoints").exists()
+
+
+def test_batch_size_must_divide_over_the_devices(camvid_small, tmp_path):
+    r = run(
+        train_cmd(tmp_path / "run", camvid_small, "--config.train.batch_size=3"),
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    assert r.returncode == 2
+    assert "config.train.batch_size = 3: must be a multiple of the device count (2)" in r.stderr
+
+
+def test_init_from_must_cover_the_backbone(camvid_small, tmp_path, capsys):
+    from fcn_jax import convert
+
+    params = random_params(FCN(11, "8s"))
+    alexnet = {k: v for k, v in params.items() if k in convert.TRANSPLANTED and k != "fc7"}
+    convert.save_params(alexnet, tmp_path / "partial.msgpack")
+    assert _train(tmp_path / "run", camvid_small, f"--config.init_from={tmp_path / 'partial.msgpack'}") == 2
+    err = capsys.readouterr().err
+    assert "config.init_from" in err and "fc7" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_a_folder_of_other_files_is_not_taken_for_a_run(camvid_small, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _train(tmp_path, camvid_small) == 2
+    assert "holds files but no run" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "model.json").exists()
+
+
+# -- reading a run: one model builder, one line for every kind of damage ---------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, camvid_small) -> Path:
+    """A run whose model uses XLA's convolution (not the default Winograd)."""
+    params = random_params(FCN(11, "8s"), seed=1)
+    root = tmp_path_factory.mktemp("small") / "run"
+    return write_run(root, params, data.load_meta(camvid_small), str(camvid_small), conv="xla")
+
+
+def test_inference_builds_the_model_the_run_recorded(small_run):
+    from fcn_jax.predict import Segmenter
+
+    trained = run_lib.load_trained(small_run)
+    assert trained.model.ops.conv == "xla" and trained.model == run_lib.Run(small_run).spec().build()
+    assert Segmenter.from_checkpoint(small_run).model.ops.conv == "xla"
+    assert trained.step_dir == small_run / "best" / "8"
+    assert run_lib.load_trained(small_run / "best" / "8").step == 8
+    # Parameters only: the optimizer state is not read.
+    assert set(trained.params) == set(
+        FCN(11, "8s").init(jax.random.key(0), np.zeros((1, 64, 64, 3)))["params"]
+    )
+
+
+def _commands(run_dir: Path, tmp: Path, camvid_small: Path) -> dict[str, list[str]]:
+    image = tmp / "photo.png"
+    Image.fromarray(camvid_crops(camvid_small.parents[2], "val", 1)[0][1]).save(image)
+    return {
+        "eval": ["eval", "--workdir", str(run_dir), "--quiet"],
+        "predict": [
+            "predict",
+            "--checkpoint",
+            str(run_dir),
+            str(image),
+            "--out",
+            str(tmp / "pred"),
+            "--quiet",
+        ],
+        "export": [
+            "export",
+            "--checkpoint",
+            str(run_dir),
+            "--out",
+            str(tmp / "m.jaxexport"),
+            "--height",
+            "33",
+        ],
+        "report": ["report", "--workdir", str(run_dir), "--quiet", "--num-images", "1"],
+    }
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "report"])
+def test_a_corrupted_checkpoint_is_one_line_naming_its_step_directory(
+    small_run, camvid_small, tmp_path, capsys, command
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    step_dir = run_dir / "best" / "8"
+    target = max((step_dir / "state").rglob("*"), key=lambda f: f.stat().st_size)
+    raw = bytearray(target.read_bytes())
+    raw[100:164] = bytes(64)  # same size: only the checksum can tell
+    target.write_bytes(bytes(raw))
+    args = _commands(run_dir, tmp_path, camvid_small)[command]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = _error_lines(err)
+    assert str(step_dir) in line and "does not match its checksum" in line
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
+def test_an_empty_or_invalid_record_is_one_line_naming_the_file(
+    small_run, camvid_small, tmp_path, capsys, content
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run, run_dir)
+    (run_dir / "model.json").write_text(content)
+    assert cli.main(["eval", "--workdir", str(run_dir), "--quiet"]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert str(run_dir / "model.json") in line
+    (run_dir / "config.json").write_text(content)
+    shutil.copy(small_run / "model.json", run_dir / "model.json")
+    assert _train(run_dir, camvid_small) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert str(run_dir / "config.json") in line
+
+
+def test_an_unwritable_out_is_one_line(small_run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["eval", "--workdir", str(small_run), "--out", str(blocker / "x.json"), "--quiet"]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "--out" in line and str(blocker) in line
