@@ -86,6 +86,50 @@ def time_train_step(data_dir, batch: int, steps: int, warmup: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
+def time_host_side(data_dir, path: str, batch: int, steps: int, crop=(128, 160)) -> dict:
+    """Host time per step of the training loop's input path, as `fcn_jax.train` runs it:
+    `outside_us` is the work before the jitted step is called (device path: the next batch
+    index; host path: taking a prefetched grain batch and putting the next one on the
+    devices), `call_us` the time the asynchronous call itself takes to return. The step runs
+    for real (FCN-32s on `crop` crops, so the host path's prefetch threads compete with it)."""
+    import jax
+
+    from fcn_jax import config as config_lib
+    from fcn_jax import data, train, training
+    from fcn_jax.models import FCN
+
+    c = config_lib.base_config()
+    c.data.crop_size, c.train.batch_size, c.data.device_cache = (
+        tuple(crop),
+        batch,
+        "on" if path == "device" else "off",
+    )
+    mesh = training.data_mesh()
+    meta = data.load_meta(data_dir)
+    loader = train.make_loader(c, data_dir, mesh)
+    model = FCN(meta.num_classes, "32s")
+    tx, _ = training.make_optimizer(c.optimizer, decay_steps=1000)
+    on_device = loader.path == "device"
+    step, _ = training.compile_steps(
+        mesh, model, tx, meta.ignore_index, device_data=loader.aug if on_device else None
+    )
+    state = training.init_state(model, tx, jax.random.PRNGKey(0))
+    if not on_device:
+        loader = data.Prefetcher(loader, mesh, size=2)
+    outside, call = [], []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        inputs = (loader.cache, next(loader)) if on_device else (next(loader),)
+        t1 = time.perf_counter()
+        state, metrics = step(state, *inputs)
+        t2 = time.perf_counter()
+        if i >= 2:  # the first two compile and fill the prefetch queue
+            outside.append(t1 - t0)
+            call.append(t2 - t1)
+    jax.block_until_ready(metrics["loss"])
+    return {"outside_us": 1e6 * float(np.median(outside)), "call_us": 1e6 * float(np.median(call))}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -98,6 +142,12 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=None, help="train step batch (default --batch)")
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument(
+        "--host-batches",
+        default="2,8,32",
+        help="batch sizes for the host-time-per-step table of both input paths ('' to skip)",
+    )
+    p.add_argument("--host-steps", type=int, default=6, help="steps timed per batch size and path")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -122,6 +172,15 @@ def main(argv=None) -> int:
         if args.fast:
             fast = time_pipeline(data_dir, args.batch, args.steps, 2, args.threads, fast=True)
             print(f"  cache+uint8  : {fast:8.1f} images/s  (decoded cache warm, normalise on device)")
+        batches = [int(b) for b in args.host_batches.split(",") if b.strip()]
+        if batches:
+            print("host time per step outside the jitted step's call (median), and the call itself:")
+            print("| path | batch | outside us | call us |")
+            print("|---|---|---|---|")
+            for path in ("device", "host"):
+                for b in batches:
+                    r = time_host_side(data_dir, path, b, args.host_steps)
+                    print(f"| {path} | {b} | {r['outside_us']:.0f} | {r['call_us']:.0f} |", flush=True)
         if args.skip_train:
             return 0
         import jax

@@ -454,6 +454,7 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
         return {}
 
     log = MetricLog(run.metrics_file, run.root / "tensorboard", start)
+    segmenters: dict = {}  # one per model: its compiled programs draw every evaluation's pictures
     health = training.healthy()
     last_eval: dict = {}
     bar = tqdm(total=steps, initial=start, disable=not primary, desc="train", unit="step", dynamic_ncols=True)
@@ -503,7 +504,7 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
                 ckpt_meta = {"data_state": loader.get_state(), "step": done}
                 if is_eval:
                     last_eval = evaluate_and_draw(
-                        config, run.root, model, state.params, data_dir, meta, mesh, done
+                        config, run.root, model, state.params, data_dir, meta, mesh, done, segmenters
                     )
                     log.write(done, config.data.eval_split, last_eval)
                     store.save_best(done, state, ckpt_meta, last_eval["miou"])
@@ -538,7 +539,7 @@ def _check_health(health: training.Health, store: run_lib.CheckpointStore, run: 
 
 
 def evaluate_and_draw(
-    config, workdir: Path, model: FCN, params: Any, data_dir: Path, meta, mesh, step: int
+    config, workdir: Path, model: FCN, params: Any, data_dir: Path, meta, mesh, step: int, segmenters: dict
 ) -> dict:
     """Val metrics, and a picture of a few val predictions under workdir/pictures."""
     from fcn_jax import evaluate
@@ -556,6 +557,7 @@ def evaluate_and_draw(
             config.data.eval_split,
             config.train.num_pictures,
             workdir / "pictures" / f"step_{step:06d}.png",
+            segmenters,
         )
     print(
         f"step {step}: {config.data.eval_split} mIoU {summary['miou']:.4f}, "
@@ -566,7 +568,7 @@ def evaluate_and_draw(
 
 
 def draw_predictions(
-    model: FCN, params: Any, data_dir: Path, meta, split: str, count: int, path: Path
+    model: FCN, params: Any, data_dir: Path, meta, split: str, count: int, path: Path, segmenters: dict
 ) -> None:
     """image | truth | prediction for `count` examples spread over the split."""
     from PIL import Image
@@ -577,9 +579,9 @@ def draw_predictions(
 
     # This process's replica of the (replicated, possibly multi-host) parameters.
     local = jax.tree.map(lambda a: a.addressable_data(0), params)
-    segmenter = _segmenters.get(model)
+    segmenter = segmenters.get(model)
     if segmenter is None:  # one per model: its compiled programs serve every evaluation
-        segmenter = _segmenters[model] = Segmenter(model, local, meta, batch_size=count)
+        segmenter = segmenters[model] = Segmenter(model, local, meta, batch_size=count)
     else:
         segmenter.set_params(local)
     examples = read_examples(data_dir, split, count)
@@ -590,6 +592,3 @@ def draw_predictions(
     path.parent.mkdir(parents=True, exist_ok=True)
     with fsutil.atomic_output(path) as tmp:
         Image.fromarray(grid).save(tmp)
-
-
-_segmenters: dict = {}

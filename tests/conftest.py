@@ -56,13 +56,24 @@ def camvid_small(tmp_path_factory, camvid_dir) -> Path:
     return data.prepare_camvid(src, src / "prepared", progress=False)
 
 
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory, camvid_small) -> Path:
-    """An uninterrupted tiny training run (training_helpers.TINY): the baseline that
-    interrupted, resumed and multi-process runs are compared with, bit for bit."""
+def _reference(tmp_path_factory, camvid_small, *extra) -> Path:
     from training_helpers import run, train_cmd
 
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    r = run(train_cmd(workdir, camvid_small))
+    r = run(train_cmd(workdir, camvid_small, *extra))
     assert r.returncode == 0, r.stderr[-3000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, camvid_small) -> Path:
+    """An uninterrupted tiny training run (training_helpers.TINY; the split is small, so
+    the device-resident input path): the baseline that interrupted, resumed and
+    multi-process runs are compared with, bit for bit."""
+    return _reference(tmp_path_factory, camvid_small)
+
+
+@pytest.fixture(scope="session")
+def reference_run_host(tmp_path_factory, camvid_small) -> Path:
+    """The same run through the host (grain) input path."""
+    return _reference(tmp_path_factory, camvid_small, "--config.data.device_cache=off")

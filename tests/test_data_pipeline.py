@@ -70,7 +70,7 @@ def test_train_batches_shapes_and_determinism(camvid_out):
     a = take(loader(camvid_out, seed=3), 3)  # 6 examples / 4 -> 1 batch per epoch: 3 epochs
     for b in a:
         assert b["image"].shape == (4, 96, 128, 3) and b["image"].dtype == np.float32
-        assert b["label"].shape == (4, 96, 128) and b["label"].dtype == np.int32
+        assert b["label"].shape == (4, 96, 128) and b["label"].dtype == np.uint8  # uint8 on the wire
         assert 0 <= b["label"].min() and b["label"].max() <= 11
     b = take(loader(camvid_out, seed=3), 3)
     for x, y in zip(a, b):
@@ -147,7 +147,7 @@ def test_eval_batches_pad_and_mask(camvid_out):
     assert [b["valid"].tolist() for b in batches] == [[True, True], [True, False]]
     names = [n for b in batches for n, v in zip(b["file_name"], b["valid"]) if v]
     assert names == data.load_index(camvid_out, "val")["file_names"]
-    assert batches[0]["image"].shape == (2, 360, 480, 3) and batches[0]["label"].dtype == np.int32
+    assert batches[0]["image"].shape == (2, 360, 480, 3) and batches[0]["label"].dtype == np.uint8
     np.testing.assert_array_equal(batches[1]["label"][1], batches[1]["label"][0])  # the pad copy
 
 

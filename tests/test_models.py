@@ -57,9 +57,9 @@ def test_unknown_variant_is_rejected():
 @pytest.mark.parametrize("variant", geometry.VARIANTS)
 @pytest.mark.parametrize("size", [(33, 97), (64, 64), (100, 37), (361, 479)])
 def test_output_size_equals_input_size(params, variant, size):
-    # Geometry does not depend on the convolution algorithm; XLA's compiles faster.
-    out = FCN(NUM_CLASSES, variant, ops=OpSet(conv="xla")).apply(
-        {"params": params[variant]}, jnp.zeros((2, *size, 3))
+    # Shapes only: traced (every layer's geometry), not run.
+    out = jax.eval_shape(
+        FCN(NUM_CLASSES, variant).apply, {"params": params[variant]}, jnp.zeros((2, *size, 3))
     )
     assert out.shape == (2, *size, NUM_CLASSES)
     assert out.dtype == jnp.float32
@@ -95,7 +95,7 @@ def test_output_pixel_is_aligned_with_input_pixel(variant):
     params = _mirror_symmetric(init_params(model, jax.random.key(1)), jax.random.key(2))
     image = jax.random.normal(jax.random.key(3), (1, size, size, 3))
     image = image + image[:, ::-1] + image[:, :, ::-1] + image[:, ::-1, ::-1]
-    out = np.asarray(model.apply({"params": params}, image))[0]
+    out = np.asarray(jax.jit(model.apply)({"params": params}, image))[0]
     band = out[r - 60 : r + 61, r - 60 : r + 61]
     assert np.abs(band).max() > 1e-3  # not trivially symmetric
     np.testing.assert_allclose(band, band[::-1], atol=1e-5 * np.abs(band).max())
@@ -154,12 +154,14 @@ def _loss(model, params, images, labels, rng):
 
 @pytest.mark.parametrize("variant", geometry.VARIANTS)
 def test_gradients_are_finite_and_reach_every_parameter(params, variant):
-    model = FCN(NUM_CLASSES, variant)
+    # XLA's convolutions: Winograd's gradients are compared with them in tests/test_perf.py.
+    model = FCN(NUM_CLASSES, variant, ops=OpSet(conv="xla"))
     p = params[variant]
     images = jax.random.normal(jax.random.key(1), (2, 48, 64, 3))
     labels = jax.random.randint(jax.random.key(2), (2, 48, 64), 0, NUM_CLASSES)
     # As in the paper, score layers start at zero, so nothing below them learns at step 0 ...
-    g0 = jax.grad(lambda q: _loss(model, q, images, labels, jax.random.key(3)))(p)
+    grad = jax.jit(jax.grad(lambda q: _loss(model, q, images, labels, jax.random.key(3))))
+    g0 = grad(p)
     assert float(jnp.abs(g0["fc7"]["kernel"]).max()) == 0.0
     assert float(jnp.abs(g0["score_fr"]["kernel"]).max()) > 0.0
     # ... and once they are non-zero, gradients reach every parameter.
@@ -170,7 +172,7 @@ def test_gradients_are_finite_and_reach_every_parameter(params, variant):
                 "kernel": 0.01 * jax.random.normal(jax.random.key(4), p[name]["kernel"].shape),
                 "bias": p[name]["bias"],
             }
-    grads = jax.grad(lambda q: _loss(model, q, images, labels, jax.random.key(3)))(p)
+    grads = grad(p)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert bool(jnp.all(jnp.isfinite(g))), path
         assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
@@ -180,14 +182,16 @@ def test_dropout_acts_only_in_training(params):
     model, p = FCN(NUM_CLASSES, "32s"), dict(params["32s"])
     p["score_fr"] = {"kernel": jnp.ones_like(p["score_fr"]["kernel"]), "bias": p["score_fr"]["bias"]}
     x = jax.random.normal(jax.random.key(0), (1, 40, 40, 3))
-    a = model.apply({"params": p}, x)
-    b = model.apply({"params": p}, x)
+    infer = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    train = jax.jit(lambda p, x, rng: model.apply({"params": p}, x, train=True, rngs={"dropout": rng}))
+    a = infer(p, x)
+    b = infer(p, x)
     np.testing.assert_array_equal(a, b)
-    c = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(1)})
-    d = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(2)})
+    c = train(p, x, jax.random.key(1))
+    d = train(p, x, jax.random.key(2))
     assert not np.allclose(c, d)
-    with pytest.raises(flax.errors.InvalidRngError):  # train=True needs a dropout rng
-        model.apply({"params": p}, x, train=True)
+    with pytest.raises(flax.errors.InvalidRngError):  # train=True needs a dropout rng (found when traced)
+        jax.eval_shape(lambda: model.apply({"params": p}, x, train=True))
 
 
 def test_bfloat16_computation_keeps_float32_params(params):
@@ -196,8 +200,8 @@ def test_bfloat16_computation_keeps_float32_params(params):
         if name.startswith("score_"):
             p[name] = {"kernel": 0.01 * jnp.ones_like(p[name]["kernel"]), "bias": p[name]["bias"]}
     x = jax.random.normal(jax.random.key(0), (1, 50, 70, 3))
-    ref = FCN(NUM_CLASSES, "8s").apply({"params": p}, x)
-    low = FCN(NUM_CLASSES, "8s", dtype=jnp.bfloat16).apply({"params": p}, x)
+    ref = jax.jit(FCN(NUM_CLASSES, "8s").apply)({"params": p}, x)
+    low = jax.jit(FCN(NUM_CLASSES, "8s", dtype=jnp.bfloat16).apply)({"params": p}, x)
     assert low.dtype == jnp.float32
     assert all(
         v.dtype == jnp.float32

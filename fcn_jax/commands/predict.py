@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fcn_jax import visualize
     from fcn_jax.data.imageio import read_rgb
+    from fcn_jax.fsutil import atomic_output, check_writable_dir
     from fcn_jax.predict import Segmenter
 
     def err(msg: str) -> None:
@@ -109,19 +110,28 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         err("no images to process")
         return 1
+    out = Path(args.out)
+    try:
+        for sub in ("color", "overlay", "labels"):
+            check_writable_dir(out / sub, "--out")
+    except OSError as e:
+        print(f"fcn-jax predict: {e}", file=sys.stderr)
+        return 2
     try:
         seg = Segmenter.from_checkpoint(args.checkpoint, batch_size=args.batch_size, flip=args.flip)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fcn-jax predict: --checkpoint {args.checkpoint}: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"fcn-jax predict: --checkpoint: {e}", file=sys.stderr)
         return 2
     meta = seg.meta
     if seg.num_classes > 256:
         print(f"fcn-jax predict: {seg.num_classes} classes do not fit 8-bit label PNGs", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    for sub in ("color", "overlay", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(visualize.legend(seg.class_names, meta.palette)).save(out / "legend.png")
+
+    def save(array, path: Path) -> None:
+        with atomic_output(path) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+
+    save(visualize.legend(seg.class_names, meta.palette), out / "legend.png")
 
     failed = len(errors)
     names = _output_names(files)
@@ -143,11 +153,9 @@ def run(args: argparse.Namespace) -> int:
         preds = seg.predict([im for _, _, im in batch])
         for (f, name, im), pred in zip(batch, preds):
             try:
-                Image.fromarray(visualize.colorize(pred, meta.palette)).save(out / "color" / f"{name}.png")
-                Image.fromarray(visualize.overlay(im, pred, meta.palette, args.alpha)).save(
-                    out / "overlay" / f"{name}.png"
-                )
-                Image.fromarray(pred.astype(np.uint8)).save(out / "labels" / f"{name}.png")
+                save(visualize.colorize(pred, meta.palette), out / "color" / f"{name}.png")
+                save(visualize.overlay(im, pred, meta.palette, args.alpha), out / "overlay" / f"{name}.png")
+                save(pred.astype(np.uint8), out / "labels" / f"{name}.png")
             except OSError as e:
                 err(f"{f}: cannot write its outputs under {out} ({e})")
                 failed += 1

@@ -19,7 +19,7 @@ from fcn_jax.data.meta import (
     resolve_dataset_dir,
     split_fingerprint,
 )
-from fcn_jax.data.pipeline import TrainLoader, eval_batches, open_source, to_global
+from fcn_jax.data.pipeline import Prefetcher, TrainLoader, eval_batches, open_source, to_global
 from fcn_jax.data.stats import class_counts, class_stats, class_weights, median_frequency_weights
 from fcn_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize, normalize_jax
 
@@ -29,6 +29,7 @@ __all__ = [
     "DatasetMeta",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Prefetcher",
     "TrainLoader",
     "class_counts",
     "class_stats",

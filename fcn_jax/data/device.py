@@ -178,7 +178,7 @@ def batch(aug: Augment, cache: dict, index: jax.Array) -> dict:
     out = {"image": images, "label": labels}
     if aug.nan_at_batch >= 0:
         poison = jnp.where(index == aug.nan_at_batch, jnp.float32(jnp.nan), jnp.float32(1.0))
-        out["image"] = out["image"].astype(jnp.float32) * poison
+        out["image"] = transforms.normalize_jax(out["image"]) * poison  # float: already normalised
     return out
 
 
