@@ -16,7 +16,7 @@ if the stages after it keep their minimum time. The parent process never touches
 GPU (the first JAX process on a GPU takes 75 % of its memory); at the end it prints one
 markdown table (stage | what | value) and the card's name.
 
-Stages, in order (GPU sizes; --smoke: 64x96 images, batch 2 and 4, 2-3 steps, a 256^3
+Stages, in order (GPU sizes; --smoke: 64x96 images, batch 2 (and 1 in float32), 2-3 steps, a 256^3
 matmul, FCN-32s for 2 steps, and float32 wherever the GPU runs bf16: XLA:CPU compiles a
 bf16 FCN 2-3x slower and runs it slower still, and the smoke run checks the plumbing):
   matmul       practical peak: TFLOP/s of an 8192^3 bf16 matmul, 20 chained products per
