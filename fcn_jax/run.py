@@ -129,6 +129,9 @@ class Run:
             return False
         return isinstance(config, dict) and "num_classes" in (config.get("model") or {})
 
+    def has_checkpoints(self) -> bool:
+        return bool(_steps(self.latest_dir) or _steps(self.best_dir))
+
     def exists(self) -> bool:
         """Holds a run: its records, or any checkpoint."""
         return (
@@ -459,23 +462,31 @@ def _newest_step(run: Run) -> Path | None:
 
 
 def write_records(run: Run, config: dict, spec: ModelSpec, dataset: dict, resume_step: int) -> list[str]:
-    """Write model.json and dataset.json for a new run, or bring config.json and
-    dataset.json up to date for a resumed one (the replaced config is kept under
-    configs/). Returns one line per config key that changed. Process 0 only."""
+    """Write the records of a run that has no checkpoint yet (a new one, or one whose start
+    was cut short), or bring config.json and dataset.json up to date for a resumed one
+    (the replaced config is kept under configs/). Returns one line per config key that
+    changed. Process 0 only."""
     root = run.root
+    started = run.has_checkpoints()
     changes = []
-    if not (root / MODEL_FILE).exists():
+    if not started or not (root / MODEL_FILE).exists():
         fsutil.atomic_write_json(root / MODEL_FILE, {"format": FORMAT, "model": spec.to_dict()})
+    old = None
     if (root / CONFIG_FILE).exists():
-        old = run.config()
+        try:
+            old = run.config()
+        except RunError:
+            if started:
+                raise
+    if old is not None:  # (an unreadable one of a run without checkpoints is simply replaced)
         changes = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in _diff(_flat(old), _flat(config)).items()]
         if changes:
             keep = root / CONFIGS / f"config.until_step_{resume_step}.{_now()}.json"
             keep.parent.mkdir(exist_ok=True)
             fsutil.atomic_write_json(keep, old)
-    if not (root / CONFIG_FILE).exists() or changes:
+    if old is None or changes:
         fsutil.atomic_write_json(root / CONFIG_FILE, _jsonable(config))
-    if not (root / DATASET_FILE).exists() or run.dataset_record() != _jsonable(dataset):
+    if not started or not (root / DATASET_FILE).exists() or run.dataset_record() != _jsonable(dataset):
         fsutil.atomic_write_json(root / DATASET_FILE, dataset)
     return changes
 

@@ -396,7 +396,8 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
     # -- is this a new run, or one this config may continue? (nothing is written before) --
     user_config = json.loads(config.to_json())
     dataset = run_lib.dataset_record(meta, config.data.train_split)
-    if run.exists():
+    started = run.has_checkpoints()  # records without a checkpoint: a start cut short, begun again
+    if started:
         problems = run_lib.check_resumable(run, user_config, spec, dataset, abstract)
         if problems:
             raise run_lib.IncompatibleRun(
@@ -405,7 +406,7 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
                 + f"\nTrain in another --workdir, or pass --restart to move the saved run aside to "
                 f"{run.root.name}.old-<time> (nothing is deleted)."
             )
-    else:
+    elif not run.exists():
         others = [p.name for p in run.root.iterdir() if not p.name.startswith(run_lib.LOCK)]
         if others:
             raise run_lib.RunError(

@@ -316,3 +316,28 @@ def test_an_unwritable_out_is_one_line(small_run, tmp_path, capsys):
     assert cli.main(["eval", "--workdir", str(small_run), "--out", str(blocker / "x.json"), "--quiet"]) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert "--out" in line and str(blocker) in line
+
+
+def test_a_start_cut_short_before_its_first_checkpoint_is_begun_again(camvid_small, tmp_path):
+    """Records but no checkpoint: nothing to continue, so another config may start there;
+    an unreadable config.json of such a run is replaced, not refused."""
+    from fcn_jax import config as config_lib
+    from fcn_jax.models import ModelSpec
+
+    c = config_lib.base_config()
+    meta = data.load_meta(camvid_small)
+    run_dir = run_lib.Run(tmp_path / "run")
+    run_dir.root.mkdir()
+    run_lib.write_records(
+        run_dir,
+        json.loads(c.to_json()),
+        ModelSpec.from_config(c.model, 11),
+        run_lib.dataset_record(meta, "train"),
+        0,
+    )
+    (run_dir.root / "config.json").write_text("{cut")
+    c.model.variant = "16s"
+    spec = ModelSpec.from_config(c.model, 11)
+    run_lib.write_records(run_dir, json.loads(c.to_json()), spec, run_lib.dataset_record(meta, "train"), 0)
+    assert run_dir.spec() == spec and run_dir.config()["model"]["variant"] == "16s"
+    assert not run_dir.has_checkpoints()
