@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = ""  # raw CamVid folder; default: $FCN_JAX_CAMVID or ../shared/camvid
     c.data.data_dir = ""  # prepared dataset; default: $FCN_JAX_DATA/<name> or ~/.cache/fcn_jax/<name>
     c.data.train_split = "train"
-    c.data.eval_split = "val"
+    c.data.eval_split = "val"  # evaluated during training; best/ keeps the best mIoU on it
+    c.data.extra_eval_splits = ()  # also evaluated and logged at each evaluation (e.g. ("val",))
     c.data.crop_size = (360, 480)  # random crop (padded with the ignore value where needed)
     c.data.scale_range = (0.75, 1.25)  # random rescale before the crop; None: no rescale
     c.data.flip = True
@@ -79,6 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
     # conv1-fc7 are transplanted) or a run directory of another FCN (staged training:
     # every layer of the same name and shape is copied, e.g. 32s -> 16s -> 8s).
     c.init_from = ""
+    return c
+
+
+def heldout_drive(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Validate on a drive never seen in training (CamVid: see data.camvid.HELDOUT_DRIVE):
+    train on `train_seen`, select checkpoints on `heldout`, and report `val` beside it.
+    The prepared CamVid dataset carries both splits (`fcn-jax prepare camvid`)."""
+    from fcn_jax.data.camvid import HELDOUT, TRAIN_SEEN
+
+    c.data.train_split, c.data.eval_split, c.data.extra_eval_splits = TRAIN_SEEN, HELDOUT, ("val",)
     return c
 
 
@@ -223,6 +234,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         "must be (low, high) with 0 < low <= high, or None",
     )
     need(bool(c.data.train_split), "data.train_split", "must name a split")
+    extra = c.data.extra_eval_splits
+    need(
+        isinstance(extra, tuple)
+        and all(isinstance(s, str) and s for s in extra)
+        and len(set(extra)) == len(extra),
+        "data.extra_eval_splits",
+        "must be a tuple of distinct split names, e.g. ('val',)",
+    )
     need(c.data.device_cache in ("auto", "on", "off"), "data.device_cache", "must be auto, on or off")
     need(_non_negative(c.data.device_cache_mb), "data.device_cache_mb", "must be a number of MB >= 0")
     need(

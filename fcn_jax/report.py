@@ -114,6 +114,26 @@ def plot_curve(
     return True
 
 
+def plot_splits(records, splits: list[str], path: Path) -> bool:
+    """mIoU of several eval splits over steps in one PNG (a held-out drive beside val)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for split in splits:
+        x, y = series(records, split, "miou")
+        ax.plot(x, 100 * y, marker="o" if x.size < 30 else None, markersize=3, label=split)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean IoU %")
+    ax.set_title("mean IoU of every evaluated split")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save_figure(fig, path)
+    return True
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def plot_confusion(confusion, class_names: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix (each row: where the pixels of that true class went)."""
     hist = np.asarray(confusion, np.float64)
@@ -239,6 +259,9 @@ def make_report(
     ):
         if plot_curve(records, split_, keys, out / name, title, ylabel, log_y, pct):
             curves.append(name)
+    eval_splits = sorted({r["split"] for r in records if r.get("split") != "train" and "miou" in r})
+    if len(eval_splits) > 1 and plot_splits(records, eval_splits, out / "eval_miou.png"):
+        curves.append("eval_miou.png")  # e.g. a held-out drive beside val
     if curves:
         sections += ["## Curves", "", *[f"![{c[:-4]}]({c})" for c in curves], ""]
     else:
@@ -247,6 +270,12 @@ def make_report(
     # last val metrics (from the training log)
     evals = [r for r in records if r.get("split") == split and "miou" in r]
     last = evals[-1] if evals else None
+    if len(eval_splits) > 1:
+        rows = ["| split | step | mIoU % | pixel accuracy % |", "|---|---|---|---|"]
+        for s in eval_splits:
+            r = [x for x in records if x.get("split") == s and "miou" in x][-1]
+            rows.append(f"| {s} | {r['step']} | {_pct(r.get('miou'))} | {_pct(r.get('pixel_accuracy'))} |")
+        sections += ["## Last evaluation of every split (training log)", "", *rows, ""]
     if last:
         sections += [
             f"## Last {split} metrics (training log, step {last['step']})",

@@ -158,6 +158,17 @@ def _check_data(config: ml_collections.ConfigDict, meta) -> None:
             errors.append(
                 f"config.data.{key} = {split!r}: {meta.data_dir} has no such split (it has {splits})"
             )
+    missing = [s for s in config.data.extra_eval_splits if s not in meta.splits]
+    if missing:
+        again = (
+            "; prepare CamVid again (--overwrite) for the held-out drive's splits"
+            if meta.name == "camvid"
+            else ""
+        )
+        errors.append(
+            f"config.data.extra_eval_splits: {meta.data_dir} has no split {', '.join(map(repr, missing))} "
+            f"(it has {splits}){again}"
+        )
     devices, processes = jax.device_count(), jax.process_count()
     for key in ("batch_size", "eval_batch_size"):
         b = config.train[key]
@@ -508,6 +519,12 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
                         config, run.root, model, state.params, data_dir, meta, mesh, done, segmenters
                     )
                     log.write(done, config.data.eval_split, last_eval)
+                    for split in config.data.extra_eval_splits:  # reported beside, not selected on
+                        log.write(
+                            done,
+                            split,
+                            evaluate_split(config, model, state.params, data_dir, mesh, split, done),
+                        )
                     store.save_best(done, state, ckpt_meta, last_eval["miou"])
                     t0, seen, host_s = time.perf_counter(), 0, 0.0
                 if is_save or stop:
@@ -542,13 +559,9 @@ def _check_health(health: training.Health, store: run_lib.CheckpointStore, run: 
 def evaluate_and_draw(
     config, workdir: Path, model: FCN, params: Any, data_dir: Path, meta, mesh, step: int, segmenters: dict
 ) -> dict:
-    """Val metrics, and a picture of a few val predictions under workdir/pictures."""
-    from fcn_jax import evaluate
-
-    result = evaluate.evaluate(
-        model, params, data_dir, config.data.eval_split, config.train.eval_batch_size, mesh=mesh
-    )
-    summary = result.to_dict()
+    """Metrics on the selection split, and a picture of a few of its predictions under
+    workdir/pictures."""
+    summary = evaluate_split(config, model, params, data_dir, mesh, config.data.eval_split, step)
     if jax.process_index() == 0 and config.train.num_pictures:
         draw_predictions(
             model,
@@ -560,11 +573,21 @@ def evaluate_and_draw(
             workdir / "pictures" / f"step_{step:06d}.png",
             segmenters,
         )
-    print(
-        f"step {step}: {config.data.eval_split} mIoU {summary['miou']:.4f}, "
-        f"pixel accuracy {summary['pixel_accuracy']:.4f}",
-        flush=True,
-    )
+    return summary
+
+
+def evaluate_split(config, model: FCN, params: Any, data_dir: Path, mesh, split: str, step: int) -> dict:
+    from fcn_jax import evaluate
+
+    summary = evaluate.evaluate(
+        model, params, data_dir, split, config.train.eval_batch_size, mesh=mesh
+    ).to_dict()
+    if jax.process_index() == 0:
+        print(
+            f"step {step}: {split} mIoU {summary['miou']:.4f}, "
+            f"pixel accuracy {summary['pixel_accuracy']:.4f}",
+            flush=True,
+        )
     return summary
 
 

@@ -114,6 +114,14 @@ def test_eval_command_on_test_split_and_missing_split(run_dir, capsys):
     assert saved["checkpoint"].endswith("best/8")
     assert f"{100 * saved['miou']:.2f}" in printed and "Sky" in printed
 
+    # Several splits side by side (a held-out drive beside val), one JSON each.
+    assert cli.main(["eval", "--workdir", str(run_dir), "--split", "test,val", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    val = json.loads((run_dir / "eval_val.json").read_text())
+    assert f"mIoU %: test {100 * saved['miou']:.1f} | val {100 * val['miou']:.1f}" in printed
+    assert cli.main(["eval", "--workdir", str(run_dir), "--split", "test,val", "--out", "x.json"]) == 2
+    assert "--out names one file" in capsys.readouterr().err
+
     assert cli.main(["eval", "--workdir", str(run_dir), "--split", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no split 'nope'" in err and "train (2 images)" in err and "test (2 images)" in err

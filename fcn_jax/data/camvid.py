@@ -71,6 +71,32 @@ CITATION = """@article{brostow2009semantic,
   author={Badrinarayanan, Vijay and Kendall, Alex and Cipolla, Roberto},
   journal={IEEE TPAMI}, volume={39}, number={12}, pages={2481--2495}, year={2017}}"""
 SPLITS = ("train", "val", "test")
+# Validation on a drive never seen in training. CamVid's val (0016E5) shares its drive with
+# 204 of the 367 train frames, so val rewards remembering one drive; the test split is
+# mostly drives absent from train. Holding out 0006R0 (101 train frames, as many as val)
+# gives a second validation split that predicts unseen streets:
+#   heldout     the 0006R0 frames of train
+#   train_seen  train without them (0001TP and 0016E5: 266 frames)
+# Select models on heldout (`config.heldout_drive(c)`), and report val beside it.
+HELDOUT_DRIVE = "0006R0"
+HELDOUT, TRAIN_SEEN = "heldout", "train_seen"
+
+
+def drive_of(file_name: str) -> str:
+    """The CamVid sequence a frame comes from: "0006R0_f02370.png" -> "0006R0"."""
+    return file_name.split("_", 1)[0]
+
+
+def with_heldout_drive(splits: dict, drive: str) -> dict:
+    """`splits` plus `heldout` (the frames of `drive` in train) and `train_seen` (the rest)."""
+    if not drive:
+        return splits
+    held = [s for s in splits["train"] if drive_of(s.file_name) == drive]
+    if not held:
+        drives = sorted({drive_of(s.file_name) for s in splits["train"]})
+        raise DataError(f"no train frame comes from drive {drive!r} (train has {', '.join(drives)})", drive)
+    seen = [s for s in splits["train"] if drive_of(s.file_name) != drive]
+    return {**splits, TRAIN_SEEN: seen, HELDOUT: held}
 
 
 def default_source() -> Path:
@@ -196,11 +222,14 @@ def prepare_camvid(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    heldout_drive: str = HELDOUT_DRIVE,
 ) -> Path:
     """Prepare CamVid as a TFDS dataset under `out` (`<out>/camvid/1.0.0`); returns that dir.
 
     `source`: the CamVid folder; default $FCN_JAX_CAMVID, then ../shared/camvid. With
     `download=True` and no folder found, the public copy is downloaded to `<out>/downloads/camvid`.
+    `heldout_drive` adds the `heldout` and `train_seen` splits (see HELDOUT_DRIVE; "" for none);
+    a source without frames of that drive (e.g. a small subset) simply gets none.
     """
     out = default_out(out)
     root = find_source(source)
@@ -213,6 +242,8 @@ def prepare_camvid(
             )
         root = download_camvid(out / "downloads" / NAME, progress=progress)
     splits = camvid_samples(root)
+    if heldout_drive and any(drive_of(s.file_name) == heldout_drive for s in splits["train"]):
+        splits = with_heldout_drive(splits, heldout_drive)
     palette, void = PALETTE, VOID_COLOR
     if (root / "camvid11_palette.png").is_file():
         full = read_palette_png(root / "camvid11_palette.png", NUM_CLASSES + 1)
