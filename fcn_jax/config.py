@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crop_size = (360, 480)  # random crop (padded with the ignore value where needed)
     c.data.scale_range = (0.75, 1.25)  # random rescale before the crop; None: no rescale
     c.data.flip = True
+    # Colour jitter (brightness, contrast, saturation, hue), on either input path: factors in
+    # [1 - x, 1 + x] for the first three, a hue rotation in [-x, x] of a turn; 0: off.
+    c.data.color_jitter = (0.0, 0.0, 0.0, 0.0)
     c.data.num_threads = 0  # 0: automatic
     # The train split on the devices, batches built inside the jitted step (data.device):
     # auto = when the decoded split fits device_cache_mb per device (CamVid: 254 MB).
@@ -234,6 +237,16 @@ def check(config: ml_collections.ConfigDict) -> None:
         "must be (low, high) with 0 < low <= high, or None",
     )
     need(bool(c.data.train_split), "data.train_split", "must name a split")
+    jit = c.data.color_jitter
+    need(
+        isinstance(jit, tuple)
+        and len(jit) == 4
+        and all(_non_negative(v) for v in jit)
+        and max(jit[:3]) < 1
+        and jit[3] <= 0.5,
+        "data.color_jitter",
+        "must be (brightness, contrast, saturation, hue), the first three in [0, 1), hue in [0, 0.5]",
+    )
     extra = c.data.extra_eval_splits
     need(
         isinstance(extra, tuple)

@@ -133,6 +133,7 @@ def make_loader(config: ml_collections.ConfigDict, data_dir: Path, mesh):
         scale_range=tuple(d.scale_range) if d.scale_range else None,
         flip=d.flip,
         seed=config.seed,
+        jitter=tuple(d.color_jitter),
     )
     size = device_data.cache_bytes(data_dir, d.train_split)
     if d.device_cache == "on" or (d.device_cache == "auto" and size <= d.device_cache_mb * 2**20):

@@ -38,18 +38,30 @@ _device_apply = jax.jit(
 )
 
 
+NO_JITTER, JITTER = (0.0, 0.0, 0.0, 0.0), (0.4, 0.4, 0.4, 0.1)
+
+
 @pytest.mark.parametrize(
-    "crop, scales",
-    [((128, 160), (0.4, 0.6)), ((200, 240), (0.75, 1.25)), ((360, 480), (1.0, 1.6)), ((90, 120), None)],
+    "crop, scales, jitter",
+    [
+        ((128, 160), (0.4, 0.6), NO_JITTER),
+        ((200, 240), (0.75, 1.25), NO_JITTER),
+        ((360, 480), (1.0, 1.6), NO_JITTER),
+        ((90, 120), None, NO_JITTER),
+        ((128, 160), (0.4, 0.6), JITTER),  # colour jitter on padded crops
+        ((200, 240), (0.75, 1.25), JITTER),
+    ],
 )
-def test_same_draws_give_equal_labels_crops_flips_and_images_within_two_levels(pairs, crop, scales):
-    aug = device.Augment(3, 1, crop, scales, True, 0, IGNORE)
+def test_same_draws_give_equal_labels_crops_flips_and_images_within_two_levels(pairs, crop, scales, jitter):
+    aug = device.Augment(3, 1, crop, scales, True, 0, IGNORE, jitter=jitter)
     hmax, wmax = 360, 480
     rng = np.random.default_rng(7)
     worst, flips, padded = 0, 0, 0
     for trial in range(12):
         image, label = pairs[trial % len(pairs)]
-        d = transforms.draw_augmentation(label.shape, rng, crop_size=crop, scale_range=scales, flip=True)
+        d = transforms.draw_augmentation(
+            label.shape, rng, crop_size=crop, scale_range=scales, flip=True, jitter=jitter
+        )
         want_img, want_lab = transforms.apply_augmentation(
             image, label, d, crop_size=crop, ignore_index=IGNORE
         )
@@ -69,13 +81,17 @@ def test_same_draws_give_equal_labels_crops_flips_and_images_within_two_levels(p
     assert 0 < flips < 12  # both branches were compared
     if scales and scales[0] < 0.7:
         assert padded  # the padding (mean colour / ignore) was compared too
+    if jitter != NO_JITTER:  # the colours did change
+        assert all(f != 1.0 for f in d[5:8]) and d[8] != 0.0
 
 
 def test_whole_images_without_crop_are_only_flipped(pairs):
     image, label = pairs[0]
     aug = device.Augment(1, 1, None, None, True, 0, IGNORE)
     for flip in (False, True):
-        d = device.Draw(jnp.int32(360), jnp.int32(480), jnp.int32(0), jnp.int32(0), jnp.asarray(flip))
+        d = device.Draw(
+            jnp.int32(360), jnp.int32(480), jnp.int32(0), jnp.int32(0), jnp.asarray(flip), *(1.0,) * 3, 0.0
+        )
         img, lab = _device_apply(image, label, jnp.asarray(label.shape), d, aug)
         np.testing.assert_array_equal(img, image[:, ::-1] if flip else image)
         np.testing.assert_array_equal(lab, label[:, ::-1] if flip else label)

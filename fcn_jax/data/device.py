@@ -48,6 +48,10 @@ class Draw(NamedTuple):
     top: jax.Array  # crop window's top-left corner
     left: jax.Array
     flip: jax.Array  # bool
+    brightness: jax.Array | float = 1.0  # colour jitter factors (transforms.color_jitter)
+    contrast: jax.Array | float = 1.0
+    saturation: jax.Array | float = 1.0
+    hue: jax.Array | float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Augment:
     flip: bool
     seed: int
     ignore_index: int
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue
     nan_at_batch: int = -1  # fault injection for tests: poison this global batch
 
     @property
@@ -86,12 +91,15 @@ def _example_key(seed: int, epoch, position) -> jax.Array:
 def draw(aug: Augment, epoch, position, size: jax.Array) -> Draw:
     """The augmentation of the example at `position` of epoch `epoch`, whose image is
     `size` = (h, w). Same order of decisions as `transforms.augment`."""
-    k_scale, k_top, k_left, k_flip = jax.random.split(_example_key(aug.seed, epoch, position), 4)
+    k_scale, k_top, k_left, k_flip, k_jitter = jax.random.split(_example_key(aug.seed, epoch, position), 5)
     h, w = size[0], size[1]
+    u = jax.random.uniform(k_jitter, (4,), jnp.float32, -1.0, 1.0)
+    b, c, s, hue = aug.jitter
+    factors = (1.0 + b * u[0], 1.0 + c * u[1], 1.0 + s * u[2], hue * u[3])
     if aug.crop_size is None:
         zero = jnp.zeros((), jnp.int32)
         flip = jax.random.uniform(k_flip) < 0.5 if aug.flip else jnp.zeros((), bool)
-        return Draw(h, w, zero, zero, flip)
+        return Draw(h, w, zero, zero, flip, *factors)
     ch, cw = aug.crop_size
     if aug.scale_range:
         s = jax.random.uniform(k_scale, (), jnp.float32, *aug.scale_range)
@@ -102,7 +110,7 @@ def draw(aug: Augment, epoch, position, size: jax.Array) -> Draw:
     top = jax.random.randint(k_top, (), 0, jnp.maximum(sh, ch) - ch + 1)
     left = jax.random.randint(k_left, (), 0, jnp.maximum(sw, cw) - cw + 1)
     flip = jax.random.uniform(k_flip) < 0.5 if aug.flip else jnp.zeros((), bool)
-    return Draw(sh, sw, top, left, flip)
+    return Draw(sh, sw, top, left, flip, *factors)
 
 
 # -- resampling, as PIL does it ----------------------------------------------------------------
@@ -113,13 +121,16 @@ def bilinear_weights(in_size, out_size, start, count: int, capacity: int) -> jax
     `out_size` resize of a length `in_size` signal (entries beyond in_size are zero).
 
     PIL's BILINEAR: centre (o + 0.5) * in/out, triangle kernel of support max(in/out, 1),
-    normalised per output pixel."""
-    scale = in_size.astype(jnp.float32) / out_size.astype(jnp.float32)
-    support = jnp.maximum(scale, 1.0)
-    center = (start + jnp.arange(count, dtype=jnp.float32) + 0.5) * scale
-    r = jnp.arange(capacity, dtype=jnp.float32)
-    w = jnp.maximum(0.0, 1.0 - jnp.abs(r[None, :] + 0.5 - center[:, None]) / support)
-    w = jnp.where(r[None, :] < in_size, w, 0.0)
+    normalised per output pixel. The distance from a centre, in kernel units, is
+    |(2o + 1) in - (2r + 1) out| / (2 max(in, out)): an exact integer over an exact integer,
+    so each weight is rounded once (a float32 centre would be off by ~1e-4 at 480 pixels)."""
+    o = (start + jnp.arange(count, dtype=jnp.int32))[:, None]
+    r = jnp.arange(capacity, dtype=jnp.int32)[None, :]
+    num = jnp.abs((2 * o + 1) * in_size - (2 * r + 1) * out_size)
+    w = jnp.maximum(
+        0.0, 1.0 - num.astype(jnp.float32) / (2 * jnp.maximum(in_size, out_size)).astype(jnp.float32)
+    )
+    w = jnp.where(r < in_size, w, 0.0)
     return w / jnp.maximum(w.sum(axis=1, keepdims=True), 1e-12)
 
 
@@ -131,6 +142,35 @@ def nearest_index(in_size, out_size, out_index):
 
 def _round_u8(x: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round(x), 0, 255)
+
+
+_PRECISION_BITS = 22  # PIL's: 32 bits - 8 for the pixel - 2 for the sum's headroom
+
+
+def _fixed_point(weights: jax.Array) -> jax.Array:
+    return jnp.floor(0.5 + weights * (1 << _PRECISION_BITS)).astype(jnp.int32)
+
+
+def _from_fixed(acc: jax.Array) -> jax.Array:
+    """Round a fixed-point sum to 8 bits (half up), as PIL's clip8."""
+    return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
+
+
+def jitter(image: jax.Array, inside: jax.Array, d: Draw) -> jax.Array:
+    """`transforms.color_jitter` in jax: uint8 (H, W, 3), the jitter factors of `d` applied
+    where `inside` holds."""
+    grey_w = jnp.asarray(transforms._GREY)
+    x = jnp.clip(image.astype(jnp.float32) * d.brightness, 0, 255)
+    grey = x @ grey_w
+    mean = jnp.sum(jnp.where(inside, grey, 0.0)) / jnp.maximum(jnp.sum(inside), 1)
+    x = jnp.clip((x - mean) * d.contrast + mean, 0, 255)
+    grey = (x @ grey_w)[..., None]
+    x = jnp.clip(grey + d.saturation * (x - grey), 0, 255)
+    cos, sin = jnp.cos(2 * jnp.pi * d.hue), jnp.sin(2 * jnp.pi * d.hue)
+    rot = jnp.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    mix = jnp.asarray(transforms._YIQ_TO_RGB) @ rot @ jnp.asarray(transforms._RGB_TO_YIQ)
+    x = jnp.clip(x @ mix.T, 0, 255)
+    return jnp.where(inside[..., None], _round_u8(x), image.astype(jnp.float32)).astype(jnp.uint8)
 
 
 def apply(aug: Augment, image: jax.Array, label: jax.Array, size: jax.Array, d: Draw):
@@ -145,17 +185,24 @@ def apply(aug: Augment, image: jax.Array, label: jax.Array, size: jax.Array, d: 
         rows = d.top + jnp.arange(out_h)  # in the scaled image
         cols = d.left + jnp.arange(out_w)
         inside = (rows < d.height)[:, None] & (cols < d.width)[None, :]
-        # Image: horizontal pass then vertical, each rounded to 8 bits as PIL does.
-        wx = bilinear_weights(w, d.width, d.left, out_w, image.shape[1])
-        wy = bilinear_weights(h, d.height, d.top, out_h, image.shape[0])
-        x = image.astype(jnp.float32)
-        x = _round_u8(jnp.einsum("hwc,ow->hoc", x, wx, precision=jax.lax.Precision.HIGHEST))
-        x = _round_u8(jnp.einsum("hoc,ph->poc", x, wy, precision=jax.lax.Precision.HIGHEST))
-        pad = jnp.asarray(transforms.PAD_RGB, jnp.float32)
+        # Image: horizontal pass then vertical, each in PIL's 22-bit fixed point and rounded
+        # to 8 bits: integer sums, so the result does not depend on how XLA orders them
+        # (nor on how a batch is split over devices), and it matches PIL's.
+        wx = _fixed_point(bilinear_weights(w, d.width, d.left, out_w, image.shape[1]))
+        wy = _fixed_point(bilinear_weights(h, d.height, d.top, out_h, image.shape[0]))
+        x = _from_fixed(
+            jnp.einsum("hwc,ow->hoc", image.astype(jnp.int32), wx, preferred_element_type=jnp.int32)
+        )
+        x = _from_fixed(jnp.einsum("hoc,ph->poc", x, wy, preferred_element_type=jnp.int32))
+        pad = jnp.asarray(transforms.PAD_RGB, jnp.int32)
         img = jnp.where(inside[..., None], x, pad).astype(jnp.uint8)
         src_r = jnp.clip(nearest_index(h, d.height, rows), 0, label.shape[0] - 1)
         src_c = jnp.clip(nearest_index(w, d.width, cols), 0, label.shape[1] - 1)
         lab = jnp.where(inside, label[src_r[:, None], src_c[None, :]], jnp.uint8(aug.ignore_index))
+    if any(aug.jitter):
+        if aug.crop_size is None:
+            inside = jnp.ones(img.shape[:2], bool)
+        img = jitter(img.astype(jnp.uint8), inside, d)
     if aug.flip:
         img = jnp.where(d.flip, img[:, ::-1], img)
         lab = jnp.where(d.flip, lab[:, ::-1], lab)
@@ -206,6 +253,7 @@ class DeviceLoader:
         scale_range=(0.75, 1.25),
         flip: bool = True,
         seed: int = 0,
+        jitter=(0.0, 0.0, 0.0, 0.0),
         nan_at_batch: int = -1,
         progress: bool = False,
     ):
@@ -239,6 +287,7 @@ class DeviceLoader:
             flip=bool(flip),
             seed=self.seed,
             ignore_index=meta.ignore_index,
+            jitter=tuple(float(v) for v in jitter),
             nan_at_batch=nan_at_batch,
         )
         hmax, wmax = shapes.max(axis=0)

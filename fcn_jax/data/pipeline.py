@@ -88,6 +88,7 @@ class TrainLoader:
         prefetch: int | None = None,
         cache: bool = False,
         normalize: bool = True,
+        jitter=(0.0, 0.0, 0.0, 0.0),
     ):
         self.meta = load_meta(data_dir)
         self.split = split
@@ -120,6 +121,7 @@ class TrainLoader:
                 )
         self.scale_range = None if scale_range is None else tuple(float(s) for s in scale_range)
         self.flip = bool(flip)
+        self.jitter = tuple(float(v) for v in jitter)
         self.seed = int(seed)
         self.num_threads = _threads(num_threads)
         self.prefetch = prefetch or max(2 * self.local_batch_size, self.num_threads)
@@ -159,6 +161,7 @@ class TrainLoader:
             scale_range=self.scale_range,
             flip=self.flip,
             ignore_index=self.meta.ignore_index,
+            jitter=self.jitter,
         )
         image = transforms.normalize(image) if self.normalize else np.ascontiguousarray(image)
         return {"image": image, "label": np.ascontiguousarray(label, np.uint8)}

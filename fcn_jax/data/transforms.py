@@ -81,6 +81,48 @@ def pad_to(image: np.ndarray, label: np.ndarray, min_hw: tuple[int, int], ignore
     return img, lab
 
 
+# Photometric augmentation (colour jitter), applied to the crop's image pixels (not the
+# padding), in this order, each result clipped to [0, 255] as torchvision's ColorJitter
+# does: brightness (scale), contrast (blend with the mean grey), saturation (blend with the
+# grey image), hue (rotation of the chroma plane in YIQ, by a fraction of a full turn).
+# The device path (data.device.jitter) computes the same function with jax.
+_GREY = np.array([0.299, 0.587, 0.114], np.float32)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def jitter_factors(rng: np.random.Generator, strength: tuple[float, float, float, float]):
+    """(brightness, contrast, saturation, hue) factors for `strength` (b, c, s, h): the first
+    three uniform in [1 - x, 1 + x], hue uniform in [-h, h] (fractions of a turn)."""
+    b, c, s, h = strength
+    return (
+        float(rng.uniform(1 - b, 1 + b)) if b else 1.0,
+        float(rng.uniform(1 - c, 1 + c)) if c else 1.0,
+        float(rng.uniform(1 - s, 1 + s)) if s else 1.0,
+        float(rng.uniform(-h, h)) if h else 0.0,
+    )
+
+
+def color_jitter(image: np.ndarray, inside: np.ndarray, factors) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8: `factors` applied where `inside` (bool (H, W)) holds."""
+    b, c, s, h = factors
+    if (b, c, s, h) == (1.0, 1.0, 1.0, 0.0):
+        return image
+    x = image.astype(np.float32)
+    x = np.clip(x * np.float32(b), 0, 255)
+    grey = x @ _GREY
+    mean = np.float32(grey[inside].mean()) if inside.any() else np.float32(0)
+    x = np.clip((x - mean) * np.float32(c) + mean, 0, 255)
+    grey = (x @ _GREY)[..., None]
+    x = np.clip(grey + np.float32(s) * (x - grey), 0, 255)
+    if h:
+        cos, sin = np.float32(np.cos(2 * np.pi * h)), np.float32(np.sin(2 * np.pi * h))
+        rot = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], np.float32)
+        x = np.clip(x @ (_YIQ_TO_RGB @ rot @ _RGB_TO_YIQ).T, 0, 255)
+    out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return np.where(inside[..., None], out, image)
+
+
 def draw_augmentation(
     shape: tuple[int, int],
     rng: np.random.Generator,
@@ -88,10 +130,12 @@ def draw_augmentation(
     crop_size: tuple[int, int] | None,
     scale_range: tuple[float, float] | None,
     flip: bool,
-) -> tuple[int, int, int, int, bool]:
-    """(scaled height, scaled width, crop top, crop left, flip) for an image of `shape`,
-    drawn from `rng` in a fixed order (scale, crop y, crop x, flip), so an example's
-    augmentation depends only on how `rng` was seeded."""
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+) -> tuple:
+    """(scaled height, scaled width, crop top, crop left, flip, brightness, contrast,
+    saturation, hue) for an image of `shape`, drawn from `rng` in a fixed order (scale, crop
+    y, crop x, flip, then the jitter factors that are on), so an example's augmentation
+    depends only on how `rng` was seeded."""
     h, w = shape
     s = rng.uniform(*scale_range) if (crop_size is not None and scale_range) else 1.0
     top = left = 0
@@ -102,7 +146,7 @@ def draw_augmentation(
         top = int(rng.integers(0, max(h, ch) - ch + 1))
         left = int(rng.integers(0, max(w, cw) - cw + 1))
     flipped = bool(flip and rng.random() < 0.5)
-    return h, w, top, left, flipped
+    return (h, w, top, left, flipped, *jitter_factors(rng, jitter))
 
 
 def apply_augmentation(
@@ -114,13 +158,19 @@ def apply_augmentation(
     ignore_index: int,
 ):
     """Resize to the drawn size, pad to `crop_size` (mean colour / ignore value), crop at
-    the drawn corner, flip if drawn. uint8 in, uint8 out."""
-    h, w, top, left, flipped = draw
+    the drawn corner, jitter the colours of the image pixels, flip if drawn. uint8 in,
+    uint8 out."""
+    h, w, top, left, flipped, *factors = draw
+    inside = np.ones(label.shape, bool)
     if crop_size is not None:
         image, label = resize_pair(image, label, (h, w))
         image, label = pad_to(image, label, crop_size, ignore_index)
         ch, cw = crop_size
         image, label = image[top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
+        rows, cols = top + np.arange(ch), left + np.arange(cw)
+        inside = (rows < h)[:, None] & (cols < w)[None, :]
+    if factors:
+        image = color_jitter(image, inside, factors)
     if flipped:
         image, label = image[:, ::-1], label[:, ::-1]
     return image, label
@@ -135,7 +185,11 @@ def augment(
     scale_range: tuple[float, float] | None,
     flip: bool,
     ignore_index: int,
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
 ):
-    """Random scale, random crop to `crop_size` (padding as needed), horizontal flip."""
-    draw = draw_augmentation(label.shape, rng, crop_size=crop_size, scale_range=scale_range, flip=flip)
+    """Random scale, random crop to `crop_size` (padding as needed), colour jitter,
+    horizontal flip."""
+    draw = draw_augmentation(
+        label.shape, rng, crop_size=crop_size, scale_range=scale_range, flip=flip, jitter=jitter
+    )
     return apply_augmentation(image, label, draw, crop_size=crop_size, ignore_index=ignore_index)
