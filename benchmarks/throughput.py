@@ -4,6 +4,8 @@
     python benchmarks/throughput.py --variants 8s,32s --steps 10
     python benchmarks/throughput.py --dtype bfloat16 --no-torch  # e.g. on a GPU
 
+    python benchmarks/throughput.py --modes infer --ort-batches 1,2 # + onnxruntime at batch 1 and 2
+
 fcn_jax train = the project's jitted step (fcn_jax.training: make_optimizer(SGD,
 momentum 0.9) + init_state + compile_steps on a 1-device mesh, state donated);
 fcn_jax inference = jitted FCN apply + argmax. PyTorch = benchmarks/torch_twin.TorchFCN
@@ -19,6 +21,14 @@ what MFU counts. The machine's peak is *estimated* by a large matmul timed in th
 (float32 on CPU, bfloat16 on GPU). On a GPU the bf16 model-FLOPs utilisation against
 --peak-tflops (default 989, H100/H200 dense bf16) is printed too; torch runs there
 only where CUDA torch is installed.
+
+onnxruntime (with --modes infer, unless --no-ort) = the model exported by
+fcn_jax.onnx_export (the plain formulation, batch/height/width dynamic, uint8 in,
+normalisation inside, labels out), run by onnxruntime's CPU provider with as many intra-op
+threads as cores. It is timed against fcn_jax doing the same thing: a jitted function of the
+same uint8 batch (normalisation, the model as --impl says, arg-max), alternating in ABBA
+rounds as above, at each batch size of --ort-batches; ORT's session creation time is printed
+as its "compile s".
 """
 
 from __future__ import annotations
@@ -51,6 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime inference rows")
+    p.add_argument(
+        "--ort-batches", default="1,2", help="batch sizes of the fcn_jax vs onnxruntime inference rows"
+    )
     p.add_argument(
         "--impl",
         choices=("fast", "reference"),
@@ -217,6 +231,99 @@ def torch_device(backend: str, no_torch: bool):
     return None, f"torch {torch.__version__} has no CUDA here"
 
 
+# -- onnxruntime -------------------------------------------------------------------
+
+
+class OrtSide:
+    """The exported ONNX model in onnxruntime, and fcn_jax's same uint8 -> labels function."""
+
+    def __init__(self, model, params, threads: int):
+        import jax
+        import jax.numpy as jnp
+        import onnxruntime as ort
+
+        from fcn_jax import onnx_export
+
+        self.jax = jax
+        t = time.perf_counter()
+        proto = onnx_export.build_onnx(model, params, None, output="labels")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self.load_s = time.perf_counter() - t
+        scale, offset = onnx_export.normalization_constants()
+
+        def labels(p, pixels):
+            x = pixels.astype(jnp.float32) * jnp.asarray(scale) + jnp.asarray(offset)
+            return jnp.argmax(model.apply({"params": p}, x), axis=-1).astype(jnp.int32)
+
+        self.labels = jax.jit(labels)
+        self.params = jax.device_put(params)
+        self.compiled, self.compile_s = {}, {}
+
+    def compile(self, pixels) -> None:
+        t = time.perf_counter()
+        self.compiled[len(pixels)] = self.labels.lower(self.params, pixels).compile()
+        self.compile_s[len(pixels)] = time.perf_counter() - t
+
+    def step(self, who: str, pixels) -> float:
+        t = time.perf_counter()
+        if who == "ort":
+            self.session.run(["labels"], {"images": pixels})
+        else:
+            self.jax.block_until_ready(self.compiled[len(pixels)](self.params, pixels))
+        return time.perf_counter() - t
+
+
+def ort_note(args, modes) -> str | None:
+    """None if the onnxruntime rows run, else why not."""
+    if args.no_ort:
+        return "--no-ort"
+    if "infer" not in modes:
+        return "not with --modes train"
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        return "onnx/onnxruntime not installed (pip install -e '.[deploy]')"
+    del onnxruntime
+    return None
+
+
+def time_ort(variant, js, args, pixels, batches) -> list[dict]:
+    side = OrtSide(js.model, js.params, cores())
+    rows = []
+    for b in batches:
+        x = pixels[:b]
+        side.compile(x)
+        for _ in range(args.warmup):
+            side.step("jax", x)
+            side.step("ort", x)
+        times = {"jax": [], "ort": []}
+        for r in range(args.steps):
+            for who in ("jax", "ort") if r % 2 == 0 else ("ort", "jax"):
+                times[who].append(side.step(who, x))
+        row = dict(
+            variant=variant,
+            batch=b,
+            jax=b / statistics.median(times["jax"]),
+            ort=b / statistics.median(times["ort"]),
+            jax_compile=side.compile_s[b],
+            ort_load=side.load_s,
+            jax_ms=[round(t * 1e3) for t in times["jax"]],
+            ort_ms=[round(t * 1e3) for t in times["ort"]],
+        )
+        print(
+            f"{variant} infer batch {b}: fcn_jax ms {row['jax_ms']}  onnxruntime ms {row['ort_ms']}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
 # -- peak -------------------------------------------------------------------------
 
 
@@ -264,8 +371,18 @@ def main(argv=None) -> int:
         np.int32
     )
     labels[:, :8] = IGNORE
+    no_ort = ort_note(args, modes)
+    ort_batches = [int(b) for b in args.ort_batches.split(",") if b.strip()]
+    # uint8 pixels: what the ONNX model takes; both runtimes get this same batch.
+    pixels = rng.integers(0, 256, size=(max(ort_batches), args.height, args.width, 3), dtype=np.uint8)
+    if no_ort is None:
+        import onnxruntime
 
-    rows = []
+        print(f"onnxruntime {onnxruntime.__version__}, CPU provider, {cores()} intra-op threads")
+    else:
+        print(f"onnxruntime rows skipped: {no_ort}")
+
+    rows, ort_rows = [], []
     for variant in variants:
         js = JaxSide(variant, args, images, labels)
         ts = TorchSide(variant, args, images, labels, js.params, dev) if dev else None
@@ -300,6 +417,8 @@ def main(argv=None) -> int:
             )
             rows.append(row)
             print(f"{variant} {mode}: fcn_jax ms {row['jax_ms']}  torch ms {row['torch_ms']}", flush=True)
+        if no_ort is None:
+            ort_rows += time_ort(variant, js, args, pixels, ort_batches)
         del js, ts
 
     stats = jax.devices()[0].memory_stats() or {}
@@ -323,6 +442,22 @@ def main(argv=None) -> int:
             f"| {r['achieved'] / 1e9:.1f} | {100 * r['achieved'] / peak:.0f}% "
             f"| {r['model_rate'] / 1e9:.1f}{mfu} | {r['xla_mb']:.0f} |"
         )
+    if ort_rows:
+        print()
+        print(
+            f"Inference on the same uint8 batch ({args.height}x{args.width}, normalisation inside, "
+            f"labels out): fcn_jax ({args.impl} ops) vs the ONNX export in onnxruntime"
+        )
+        print(
+            "| variant | batch | fcn_jax img/s | onnxruntime img/s | fcn_jax / onnxruntime "
+            "| compile s | ORT load s |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for r in ort_rows:
+            print(
+                f"| {r['variant']} | {r['batch']} | {r['jax']:.2f} | {r['ort']:.2f} "
+                f"| {r['jax'] / r['ort']:.2f}x | {r['jax_compile']:.1f} | {r['ort_load']:.1f} |"
+            )
     load1 = os.getloadavg()
     print(
         f"1-min load average at start / end: {load0[0]:.1f} / {load1[0]:.1f} "

@@ -19,7 +19,8 @@ COMMANDS = {
     "eval": "Evaluate a trained run on a split and print metrics.",
     "predict": "Segment images and write colour masks, overlays and label PNGs.",
     "report": "Plot curves, confusion matrix and prediction grid for a run.",
-    "export": "Export a trained model as a serialized jax.export artifact.",
+    "export": "Export a trained model: jax.export artifact, ONNX file or safetensors folder.",
+    "describe": "Print the network layer by layer: sizes, receptive fields, parameters, FLOPs.",
 }
 
 

@@ -3,6 +3,11 @@
 The whole mapping is the table `TORCH_TO_FLAX`: PyTorch key prefix -> Flax layer
 and how its weight is laid out. Conversion needs no torch import (numpy arrays
 work); torch is needed only to read a `.pth` file.
+
+Parameter files are safetensors (`.safetensors`: keys "layer/name", Flax layouts, float32;
+what the Hugging Face Hub and other frameworks read without unpickling anything) or flax
+msgpack (any other name; the format before safetensors). `load_params` reads both, whatever
+the file is called, from its first bytes.
 """
 
 from __future__ import annotations
@@ -130,11 +135,54 @@ def fcn_from_alexnet(
 # -- files -------------------------------------------------------------------------
 
 
-def params_to_bytes(params: Mapping) -> bytes:
-    """Deterministic msgpack bytes (float32 numpy leaves): the checksum is reproducible."""
-    return flax.serialization.msgpack_serialize(
-        jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
-    )
+# safetensors header metadata of the files written here: ONE key, as transformers writes for
+# Flax weights. safetensors 0.8 orders the metadata through a hash map, so with several keys
+# the same parameters would give other bytes (and another sha256) from one save to the next.
+SAFETENSORS_METADATA = {"format": "flax"}
+
+
+def params_to_bytes(params: Mapping, format: str = "msgpack") -> bytes:
+    """Deterministic bytes (float32 leaves) in `format` "msgpack" or "safetensors": the
+    checksum of the same parameters is reproducible."""
+    params = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
+    if format == "safetensors":
+        from safetensors.numpy import save
+
+        from fcn_jax.export import flatten_params
+
+        # Contiguous copies: safetensors writes an array's memory as it lies, so a transposed
+        # view (every converted kernel) would come back scrambled.
+        flat = {k: np.ascontiguousarray(v) for k, v in flatten_params(params).items()}
+        return save(flat, metadata=SAFETENSORS_METADATA)
+    if format != "msgpack":
+        raise ValueError(f"format must be msgpack or safetensors, got {format!r}")
+    return flax.serialization.msgpack_serialize(params)
+
+
+def is_safetensors(data: bytes) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON header."""
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 8 + n <= len(data) and data[8:9] == b"{"
+
+
+def params_from_bytes(data: bytes) -> dict:
+    """Nested dicts of numpy arrays from safetensors or msgpack bytes (ValueError if neither)."""
+    if is_safetensors(data):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        from fcn_jax.export import unflatten_params
+
+        try:
+            return unflatten_params(load(data))
+        except (SafetensorError, ValueError) as e:
+            raise ValueError(f"damaged safetensors data ({e})") from None
+    try:
+        return flax.serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ValueError(f"neither safetensors nor flax msgpack ({type(e).__name__}: {e})") from None
 
 
 def checksum(data: bytes) -> str:
@@ -142,9 +190,10 @@ def checksum(data: bytes) -> str:
 
 
 def save_params(params: Mapping, path: str | os.PathLike) -> str:
-    """Write params atomically and return their sha256 (also written beside as PATH.sha256)."""
+    """Write params atomically, as safetensors if `path` ends with .safetensors, else as
+    msgpack; return their sha256 (also written beside as PATH.sha256)."""
     path = Path(path)
-    data = params_to_bytes(params)
+    data = params_to_bytes(params, "safetensors" if path.suffix == ".safetensors" else "msgpack")
     digest = checksum(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
@@ -153,7 +202,8 @@ def save_params(params: Mapping, path: str | os.PathLike) -> str:
 
 
 def load_params(path: str | os.PathLike, sha256: str | None = None) -> dict:
-    """Load params written by `save_params` / `fcn-jax convert`, checking the checksum if given."""
+    """Load params written by `save_params` / `fcn-jax convert` (safetensors or msgpack, told
+    apart by content), checking the checksum if given."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no parameter file at {path}")
@@ -161,9 +211,9 @@ def load_params(path: str | os.PathLike, sha256: str | None = None) -> dict:
     if sha256 is not None and checksum(data) != sha256:
         raise ValueError(f"{path}: sha256 {checksum(data)} does not match the expected {sha256}")
     try:
-        return flax.serialization.msgpack_restore(data)
-    except Exception as e:  # msgpack raises several unrelated types
-        raise ValueError(f"{path} is not a parameter file written by fcn-jax convert: {e}") from e
+        return params_from_bytes(data)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a parameter file written by fcn-jax convert: {e}") from None
 
 
 # Keys under which training scripts commonly store the weights, tried in this order.

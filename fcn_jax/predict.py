@@ -1,6 +1,7 @@
 """Inference API: segment uint8 images of any size with a trained FCN.
 
     seg = Segmenter.from_checkpoint("runs/camvid_fcn8s")     # best/ if present, else latest
+    seg = Segmenter.from_pretrained("user/fcn8s-camvid")     # or a local folder (docs/deploy.md)
     labels = seg.predict(image)                 # (H, W, 3) uint8 -> (H, W) int32 class ids
     probs = seg.predict_proba(image)            # -> (H, W, C) float32, sums to 1 per pixel
     many = seg.predict([img_a, img_b])          # list of images of any sizes -> list
@@ -138,12 +139,24 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs) -> Segmenter:
-        """From a run directory (its best checkpoint, else its latest) or a step directory;
-        the model is the one the run recorded (`fcn_jax.run.load_trained`)."""
-        from fcn_jax import run
+        """From a run directory (its best checkpoint, else its latest), a step directory, or a
+        pretrained folder (model.safetensors + config.json); the model is the one the run or
+        folder recorded (`fcn_jax.pretrained.load_model`)."""
+        from fcn_jax import pretrained
 
-        trained = run.load_trained(Path(path))
+        trained = pretrained.load_model(Path(path))
         return cls(trained.model, trained.params, trained.meta, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, *, revision: str | None = None, **kwargs) -> Segmenter:
+        """From a pretrained folder (`fcn-jax export --format safetensors`) or a Hugging Face
+        Hub repo id holding one ("user/fcn8s-camvid", fetched into the Hub cache); the weights'
+        sha256 is checked against config.json. ValueError with one line if it cannot be loaded
+        (e.g. no network for a repo id not in the cache)."""
+        from fcn_jax import pretrained
+
+        loaded = pretrained.load_pretrained(path_or_repo_id, revision)
+        return cls(loaded.model, loaded.params, loaded.meta, **kwargs)
 
     @property
     def num_classes(self) -> int:

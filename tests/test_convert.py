@@ -95,6 +95,39 @@ def test_convert_command_writes_loadable_params_with_stable_checksum(
         convert.load_params(tmp_path / "a.msgpack", sha256="0" * 64)
 
 
+def test_convert_writes_safetensors_and_load_params_reads_both_formats(
+    torch_alexnet, flax_params, tmp_path, capsys
+):
+    from safetensors.numpy import load_file
+
+    pth = tmp_path / "alexnet.pth"
+    torch.save(torch_alexnet.state_dict(), pth)
+    assert main(["convert", str(pth), str(tmp_path / "a.safetensors")]) == 0
+    digests = [re.search(r"sha256 ([0-9a-f]{64})", capsys.readouterr().out).group(1)]
+    digests.append(convert.save_params(flax_params, tmp_path / "b.safetensors"))
+    assert digests[0] == digests[1]  # reproducible bytes
+    small = {"conv1": flax_params["conv1"]}  # msgpack, for reading both: small, to keep this test fast
+    digests.append(convert.save_params(small, tmp_path / "c.msgpack"))
+    assert (tmp_path / "a.safetensors.sha256").read_text().split()[0] == digests[0]
+    raw = load_file(tmp_path / "a.safetensors")  # plain safetensors: keys "layer/name", Flax layouts
+    assert raw["conv1/kernel"].shape == (11, 11, 3, 64) and raw["fc6/kernel"].shape == (6, 6, 256, 4096)
+    for name, digest, params in (
+        ("a.safetensors", digests[0], flax_params),
+        ("c.msgpack", digests[2], small),
+    ):
+        loaded = convert.load_params(tmp_path / name, sha256=digest)
+        assert loaded.keys() == params.keys()
+        for layer, values in params.items():
+            for leaf, value in values.items():  # array_equal: assert_array_equal is slow at 61M values
+                assert np.array_equal(loaded[layer][leaf], value), (name, layer, leaf)
+    # The format is read from the content, not the name.
+    (tmp_path / "renamed.bin").write_bytes((tmp_path / "a.safetensors").read_bytes())
+    assert convert.load_params(tmp_path / "renamed.bin")["fc8"]["bias"].shape == (1000,)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(ValueError, match="junk.safetensors is not a parameter file"):
+        convert.load_params(tmp_path / "junk.safetensors")
+
+
 def test_convert_command_reports_bad_files(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o")]) == 2
     assert "missing.pth" in capsys.readouterr().err

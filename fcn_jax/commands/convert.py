@@ -1,4 +1,7 @@
-"""`fcn-jax convert ALEXNET.pth OUT`: torchvision AlexNet weights to Flax parameters."""
+"""`fcn-jax convert ALEXNET.pth OUT`: torchvision AlexNet weights to Flax parameters.
+
+OUT ending in `.safetensors` is written as safetensors (keys "layer/name"), any other name as
+flax msgpack; `convert.load_params` and `--config.init_from` read either."""
 
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torchvision AlexNet state_dict (.pth), or a training checkpoint holding it under "
         "'state_dict', 'model_state_dict' or 'model'",
     )
-    parser.add_argument("out", help="output file (msgpack); its sha256 is printed and written to OUT.sha256")
+    parser.add_argument(
+        "out",
+        help="output file: safetensors if it ends with .safetensors, else flax msgpack; its sha256 is "
+        "printed and written to OUT.sha256",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

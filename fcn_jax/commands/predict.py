@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files and/or folders of images"
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="run directory (best, else latest checkpoint) or a step directory"
+        "--checkpoint",
+        required=True,
+        help="run directory (best, else latest checkpoint), a step directory, or a pretrained folder "
+        "(model.safetensors + config.json, from fcn-jax export --format safetensors)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
