@@ -252,7 +252,8 @@ def test_full_camvid_prepare(tmp_path):
     out = data.prepare_camvid(CAMVID, tmp_path, progress=False)
     elapsed = time.perf_counter() - start
     meta = data.load_meta(out)
-    assert meta.splits == {"train": 367, "val": 101}
+    # train_seen / heldout: the split by drive (0006R0 held out) for validation on unseen streets.
+    assert meta.splits == {"train": 367, "val": 101, "train_seen": 266, "heldout": 101}
     counts = data.class_counts(out)
     assert counts[0] == 10_682_767 and counts[3] == 20_076_880 and counts[10] == 184_967
     assert data.class_stats(out)["ignored"] == 2_503_995
