@@ -159,3 +159,31 @@ def format_table(m: SegmentationMetrics, title: str | None = None) -> str:
             f"excluded from the means (absent from truth and prediction): {', '.join(m.excluded_classes)}"
         )
     return "\n".join(lines)
+
+
+def format_comparison(
+    a: SegmentationMetrics, b: SegmentationMetrics, titles: tuple[str, str], title: str | None = None
+) -> str:
+    """Two evaluations of the same images side by side (e.g. plain and test-time augmented):
+    per-class IoU, the means, and the change in points."""
+    names = a.class_names
+    width = max([len(n) for n in names] + [len("frequency-weighted IoU")])
+    cols = [max(len(t), 6) for t in titles]
+
+    def row(label: str, x: float | None, y: float | None) -> str:
+        change = "     -" if x is None or y is None else f"{100.0 * (y - x):+6.2f}"
+        return f"{label:<{width}}  {_pct(x):>{cols[0]}}  {_pct(y):>{cols[1]}}  {change}"
+
+    lines = [title, ""] if title else []
+    lines.append(f"{'IoU %':<{width}}  {titles[0]:>{cols[0]}}  {titles[1]:>{cols[1]}}  {'change':>6}")
+    lines.append("-" * (width + sum(cols) + 12))
+    lines += [row(n, a.per_class_iou[n], b.per_class_iou.get(n)) for n in names]
+    lines.append("-" * (width + sum(cols) + 12))
+    for label, key in (
+        ("mean IoU", "miou"),
+        ("pixel accuracy", "pixel_accuracy"),
+        ("mean class accuracy", "mean_class_accuracy"),
+        ("frequency-weighted IoU", "fw_iou"),
+    ):
+        lines.append(row(label, getattr(a, key), getattr(b, key)))
+    return "\n".join(lines)

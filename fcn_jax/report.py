@@ -5,11 +5,17 @@
     confusion_<split>.png                          row-normalised confusion matrix
     predictions_<split>.png, legend.png            image | ground truth | prediction (a few
                                                    images spread over the split)
+    worst_<split>.png                              the k images with the lowest mean IoU:
+                                                   image | truth | prediction | error map
     README.md                                      links them; the last val metrics as tables
 Sources: curves and the "last val metrics" come from metrics.jsonl (the training loop's log;
 its evaluation records carry the confusion matrix). The confusion matrix comes from
 eval_<split>.json (written by `fcn-jax eval`, the checkpoint the pictures use) when present,
 else from the last evaluation in metrics.jsonl; `evaluate=True` (--evaluate) recomputes it.
+The worst images come from the per-image records of eval_<split>.json, predicted again with
+the inference settings recorded there (tiles); a table beside them names each one's weakest
+classes, and a second one, per class, its mean IoU over the images holding it and the image
+where it fails worst: where the thin classes fail.
 Parts whose inputs are missing are skipped, and README.md says why.
 Plots use matplotlib's object API with the Agg canvas (no display, no global backend state).
 """
@@ -217,6 +223,7 @@ def make_report(
     evaluate: bool = False,
     batch_size: int = 2,
     progress: bool = True,
+    worst: int = 4,
 ) -> Path:
     """Write workdir/report/ (see the module doc); returns the README path.
 
@@ -314,10 +321,16 @@ def make_report(
             f"(run `fcn-jax eval --workdir {workdir} --split {split}` or pass --evaluate)"
         )
 
+    segmenter = None
+    if trained is not None:
+        from fcn_jax.predict import Segmenter
+
+        segmenter = Segmenter(trained.model, trained.params, trained.meta, batch_size=4)
+
     # predictions
     if num_images > 0 and trained is not None:
         try:
-            png = _draw_predictions(trained, data_dir, split, num_images, out)
+            png = _draw_predictions(segmenter, data_dir, split, num_images, out)
             sections += [
                 f"## Predictions on {num_images} {split} images (spread over the split)",
                 "",
@@ -328,6 +341,20 @@ def make_report(
             ]
         except Exception as e:
             notes.append(f"no prediction grid: {type(e).__name__}: {e}")
+
+    # the worst images of the split
+    if worst > 0 and trained is not None:
+        rec = conf_rec if conf_rec is not None and conf_rec.get("images") else None
+        if rec is None:
+            notes.append(
+                f"no worst images: no per-image records in {eval_file.name} (run `fcn-jax eval "
+                f"--workdir {workdir} --split {split}` or pass --evaluate)"
+            )
+        else:
+            try:
+                sections += _worst_section(segmenter, data_dir, split, rec, worst, out)
+            except Exception as e:
+                notes.append(f"no worst images: {type(e).__name__}: {e}")
 
     model = f"FCN-{spec.variant}, {spec.num_classes} classes, dtype {spec.dtype}" if spec else "?"
     head = [
@@ -389,26 +416,27 @@ def _evaluate(trained, data_dir, split: str, batch_size: int, progress: bool) ->
 
     if not data_dir:
         raise FileNotFoundError("no dataset: the run records no data directory; pass --data-dir")
-    result = evaluate.evaluate(trained.model, trained.params, data_dir, split, batch_size, progress=progress)
+    result, images = evaluate.evaluate_per_image(
+        trained.model, trained.params, data_dir, split, batch_size, progress=progress
+    )
     return {
         "checkpoint": str(trained.step_dir),
         "split": split,
         "data_dir": str(data_dir),
         **result.to_dict(),
+        "images": images,
     }
 
 
-def _draw_predictions(trained, data_dir, split: str, count: int, out: Path) -> str:
+def _draw_predictions(seg, data_dir, split: str, count: int, out: Path) -> str:
     from fcn_jax import visualize
     from fcn_jax.evaluate import check_split
-    from fcn_jax.predict import Segmenter
 
     if not data_dir:
         raise FileNotFoundError("the run records no data directory; pass --data-dir")
     meta = check_split(data_dir, split)
     examples = read_examples(data_dir, split, count)
-    seg = Segmenter(trained.model, trained.params, trained.meta, batch_size=min(count, 4))
-    preds = seg.predict([im for _, im, _ in examples])
+    preds = seg.predict([im for _, im, _ in examples], tile=None)
     grid = visualize.prediction_grid(
         [im for _, im, _ in examples], [lab for _, _, lab in examples], preds, meta.palette, meta.ignore_index
     )
@@ -416,3 +444,103 @@ def _draw_predictions(trained, data_dir, split: str, count: int, out: Path) -> s
     _save_image(grid, out / png)
     _save_image(visualize.legend(meta.class_names, meta.palette, columns=2), out / "legend.png")
     return png
+
+
+def worst_images(images: list[dict], k: int) -> list[dict]:
+    """The k per-image records with the lowest mean IoU (images without labels left out)."""
+    return sorted((r for r in images if r.get("miou") is not None), key=lambda r: r["miou"])[:k]
+
+
+def class_failures(images: list[dict], class_names: list[str]) -> list[tuple]:
+    """Per class: (name, images holding it, mean IoU over them, the worst such image, its IoU),
+    lowest mean first: the classes that fail, and where."""
+    rows = []
+    for name in class_names:
+        held = [r for r in images if name in r.get("class_pixels", {})]
+        if not held:
+            continue
+        ious = [(r.get("per_class_iou", {}).get(name, 0.0), r["file_name"]) for r in held]
+        worst_iou, worst_name = min(ious)
+        rows.append((name, len(held), sum(v for v, _ in ious) / len(ious), worst_name, worst_iou))
+    return sorted(rows, key=lambda r: r[2])
+
+
+def _fit_width(cells: list[np.ndarray], max_width: int) -> list[np.ndarray]:
+    """Large images shrink to `max_width` (the photo bilinear, the maps nearest-neighbour)."""
+    from PIL import Image
+
+    w = cells[0].shape[1]
+    if w <= max_width:
+        return cells
+    size = (max_width, max(1, round(cells[0].shape[0] * max_width / w)))
+    return [
+        np.asarray(Image.fromarray(c).resize(size, Image.BILINEAR if i == 0 else Image.NEAREST))
+        for i, c in enumerate(cells)
+    ]
+
+
+def _worst_section(seg, data_dir, split: str, rec: dict, k: int, out: Path) -> list[str]:
+    """worst_<split>.png (image | truth | prediction | error map of the k images with the lowest
+    mean IoU, predicted as the evaluation did) and the README tables that go with it."""
+    from fcn_jax import data, visualize
+    from fcn_jax.evaluate import check_split
+
+    if not data_dir:
+        raise FileNotFoundError("the run records no data directory; pass --data-dir")
+    meta = check_split(data_dir, split)
+    ranked = worst_images(rec["images"], k)
+    if not ranked:
+        raise ValueError(f"no image of {split} has a defined mean IoU")
+    position = {n: i for i, n in enumerate(data.load_index(data_dir, split)["file_names"])}
+    missing = [r["file_name"] for r in ranked if r["file_name"] not in position]
+    if missing:
+        raise ValueError(
+            f"{', '.join(missing)} not in split {split!r} of {data_dir}: evaluated on other data?"
+        )
+    source = data.open_source(data_dir, split)
+    examples = [source[position[r["file_name"]]] for r in ranked]
+    images = [np.asarray(ex["image"]) for ex in examples]
+    labels = [np.asarray(ex["label"])[..., 0] for ex in examples]
+    inference = rec.get("inference") or {}
+    tile = tuple(inference["tile"]) if inference.get("tile") else None
+    preds = seg.predict(images, tile=tile, overlap=inference.get("overlap") or 0, flip=False, scales=(1.0,))
+    rows = []
+    for im, lab, pred in zip(images, labels, preds):
+        cells = [
+            im,
+            visualize.colorize(lab, meta.palette, meta.ignore_index),
+            visualize.colorize(pred, meta.palette, meta.ignore_index),
+            visualize.error_map(im, lab, pred, meta.num_classes, meta.ignore_index),
+        ]
+        rows.append(_fit_width(cells, 480))
+    png = f"worst_{split}.png"
+    _save_image(
+        visualize.tile(rows, ["image", "ground truth", "prediction", "errors: wrong red, void grey"]),
+        out / png,
+    )
+    lines = [
+        f"## The {len(ranked)} {split} images with the lowest mean IoU",
+        "",
+        f"From the per-image records of {rec.get('checkpoint', '?')}'s evaluation; rows top to bottom.",
+        "",
+        f"![worst]({png})",
+        "",
+        "| row | image | mean IoU % | pixel accuracy % | weakest classes in its truth (IoU %) |",
+        "|---|---|---|---|---|",
+    ]
+    for n, r in enumerate(ranked, 1):
+        held = [(r["per_class_iou"].get(c, 0.0), c) for c in r.get("class_pixels", {})]
+        weakest = ", ".join(f"{c} {100 * v:.1f}" for v, c in sorted(held)[:3])
+        lines.append(
+            f"| {n} | {r['file_name']} | {_pct(r['miou'])} | {_pct(r['pixel_accuracy'])} | {weakest} |"
+        )
+    lines += [
+        "",
+        "Per class, over the images whose truth holds it (lowest mean first):",
+        "",
+        "| class | images | mean IoU % | worst image | its IoU % |",
+        "|---|---|---|---|---|",
+    ]
+    for name, count, mean, worst_name, worst_iou in class_failures(rec["images"], meta.class_names):
+        lines.append(f"| {name} | {count} | {_pct(mean)} | {worst_name} | {_pct(worst_iou)} |")
+    return [*lines, ""]

@@ -142,6 +142,29 @@ def prediction_grid(images_uint8, labels, preds, palette, ignore_index: int | No
     return tile(rows, ["image", "ground truth", "prediction"])
 
 
+ERROR_COLOR = (255, 0, 0)  # a wrong pixel in an error map
+VOID_COLOR = (128, 128, 128)  # an unlabelled (ignored) pixel in an error map
+ERROR_GRID_TITLES = ("image", "ground truth", "prediction", "errors: wrong red, void grey")
+
+
+def error_map(image, labels, preds, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Where a prediction is wrong: red for a wrong pixel, grey for an unlabelled one (void or
+    any value outside 0..num_classes-1: not scored), and the image darkened to a third where
+    the prediction is right, so the failures stand out against the scene they are in."""
+    image = np.asarray(image, np.uint8)
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    if not image.shape[:2] == labels.shape == preds.shape:
+        raise ValueError(
+            f"error_map: image {image.shape[:2]}, labels {labels.shape} and predictions "
+            f"{preds.shape} differ in size"
+        )
+    valid = valid_mask(labels, num_classes, ignore_index)
+    out = (image.astype(np.uint16) // 3).astype(np.uint8)
+    out[valid & (preds != labels)] = ERROR_COLOR
+    out[~valid] = VOID_COLOR
+    return out
+
+
 def legend(class_names: Sequence[str], palette, swatch: int = 16, columns: int = 1) -> np.ndarray:
     """Colour swatches with class names, as a uint8 image (`columns` columns)."""
     palette = np.asarray(palette, np.uint8).reshape(-1, 3)

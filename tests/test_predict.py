@@ -243,7 +243,8 @@ def test_cli_predict_writes_outputs_and_reports_bad_files(run_dir, seg, crops, t
 
     # Loading is tested above; here the command reuses the compiled in-memory segmenter.
     def from_checkpoint(path, **kwargs):
-        assert Path(path) == run_dir and kwargs == {"batch_size": 4, "flip": False}
+        assert Path(path) == run_dir
+        assert kwargs == {"batch_size": 4, "flip": False, "scales": (1.0,), "tile": None, "overlap": 64}
         return seg
 
     monkeypatch.setattr(Segmenter, "from_checkpoint", staticmethod(from_checkpoint))

@@ -142,6 +142,7 @@ def test_report_command(run_dir, capsys):
         "confusion_val.png",
         "predictions_val.png",
         "legend.png",
+        "worst_val.png",  # eval_val.json, written above, holds per-image records
     }
     for link in links:
         with Image.open(out / link) as im:

@@ -1,9 +1,17 @@
-"""`fcn-jax eval --workdir runs/x [--split val[,heldout]] [--data-dir DIR] [--batch-size N]`.
+"""`fcn-jax eval --workdir runs/x [--split val[,heldout]] [--data-dir DIR] [--batch-size N]
+[--tile H,W --overlap PX] [--scales 0.75,1,1.25] [--flip]`.
 
 Loads the run's best checkpoint (else its latest; or the step directory given), evaluates
 it on every image of each split at full size, prints a per-class table per split (and the
 mIoUs side by side) and writes `<run dir>/eval_<split>.json` (or --out, for one split).
 The dataset defaults to the one the run was trained on (the run's dataset.json).
+
+The JSON holds the split's metrics and confusion matrix and, under "images", one record per
+image (mean IoU, pixel accuracy, per-class IoU; `fcn-jax report` shows the worst). With
+--scales or --flip the images are also evaluated with test-time augmentation; both results
+are printed side by side and the augmented one is written under "augmented". --tile runs
+both through sliding windows of that size (device memory bounded by the tile); without it
+the plain evaluation is `fcn_jax.evaluate`'s, over all devices.
 """
 
 from __future__ import annotations
@@ -40,7 +48,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="global batch size, a multiple of the device count (default: 2 per device)",
     )
     parser.add_argument("--out", default=None, help="JSON output (default <run dir>/eval_<split>.json)")
+    add_inference_arguments(parser)
+    parser.add_argument(
+        "--worst", type=int, default=5, help="print the K images with the lowest mean IoU (default 5)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, flip_help: str | None = None) -> None:
+    """--tile, --overlap, --scales, --flip: shared by eval and predict."""
+    parser.add_argument(
+        "--tile",
+        default=None,
+        metavar="H,W",
+        help="sliding-window inference in tiles of H x W pixels for images larger than that: "
+        "device memory bounded by the tile, not the image",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="overlap of neighbouring tiles in pixels (default 64); their logits are averaged",
+    )
+    parser.add_argument(
+        "--scales",
+        default=None,
+        metavar="S,S,...",
+        help="test-time augmentation: also run the image resized by these factors (e.g. 0.75,1,1.25) "
+        "and average the probabilities at the original size",
+    )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help=flip_help or "test-time augmentation: also run the mirror image (of every scale)",
+    )
 
 
 def default_splits(run) -> list[str]:
@@ -53,17 +95,55 @@ def default_splits(run) -> list[str]:
     return list(dict.fromkeys(splits))
 
 
+def _inference(tile, overlap: int, scales=(1.0,), flip: bool = False) -> dict:
+    return {
+        "scales": list(scales),
+        "flip": flip,
+        "tile": list(tile) if tile else None,
+        "overlap": overlap if tile else None,
+    }
+
+
+def describe_inference(settings: dict) -> str:
+    """'scales 0.75,1,1.25 + flip, tiles 360x480 overlapping 64 px' (or 'whole images')."""
+    parts = []
+    if settings.get("scales") and list(settings["scales"]) != [1.0]:
+        parts.append("scales " + ",".join(f"{s:g}" for s in settings["scales"]))
+    if settings.get("flip"):
+        parts.append("flip")
+    aug = " + ".join(parts) if parts else "plain"
+    tile = settings.get("tile")
+    where = f"tiles {tile[0]}x{tile[1]} overlapping {settings['overlap']} px" if tile else "whole images"
+    return f"{aug}, {where}"
+
+
+def worst_lines(images: list[dict], k: int) -> list[str]:
+    ranked = sorted((r for r in images if r.get("miou") is not None), key=lambda r: r["miou"])[:k]
+    return [
+        f"  {r['file_name']}  mean IoU {100 * r['miou']:.1f}  pixel accuracy {100 * r['pixel_accuracy']:.1f}"
+        for r in ranked
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from fcn_jax import evaluate, fsutil, training
+    from fcn_jax import evaluate, fsutil, metrics, training
     from fcn_jax import run as run_lib
     from fcn_jax.data import DataError
+    from fcn_jax.predict import Segmenter, parse_scales, parse_tile
 
     def fail(msg: str, code: int = 2) -> int:
         print(f"fcn-jax eval: {msg}", file=sys.stderr)
         return code
 
+    try:
+        tile, scales = parse_tile(args.tile), parse_scales(args.scales)
+    except ValueError as e:
+        return fail(f"--tile/--scales: {e}")
+    augment = args.flip or scales != (1.0,)
+    if args.worst < 0:
+        return fail(f"--worst must be >= 0, got {args.worst}")
     try:
         run, step_dir = run_lib.resolve(args.workdir)
         data_dir = args.data_dir or run.data_dir()
@@ -90,25 +170,65 @@ def run(args: argparse.Namespace) -> int:
         )
     mesh = training.data_mesh()
     batch_size = 2 * mesh.size if args.batch_size is None else args.batch_size
+    segmenter = None
+    if tile or augment:
+        try:
+            segmenter = Segmenter(
+                model, trained.params, meta, batch_size=max(1, batch_size), tile=tile, overlap=args.overlap
+            )
+        except ValueError as e:
+            return fail(f"--tile/--overlap/--batch-size: {e}")
+    plain_settings = _inference(tile, args.overlap)
+    aug_settings = _inference(tile, args.overlap, scales, args.flip)
     summary = []
     for split in splits:
         try:
-            result = evaluate.evaluate(
-                model, trained.params, data_dir, split, batch_size, mesh, progress=not args.quiet
-            )
+            if tile:
+                result, images = evaluate.evaluate_segmenter(
+                    segmenter, data_dir, split, progress=not args.quiet, flip=False, scales=(1.0,)
+                )
+            else:
+                result, images = evaluate.evaluate_per_image(
+                    model, trained.params, data_dir, split, batch_size, mesh, progress=not args.quiet
+                )
+            augmented = None
+            if augment:
+                augmented, aug_images = evaluate.evaluate_segmenter(
+                    segmenter, data_dir, split, progress=not args.quiet, flip=args.flip, scales=scales
+                )
         except ValueError as e:
             return fail(f"--batch-size: {e}" if "batch size" in str(e) else str(e))
         title = f"{split} ({meta.splits[split]} images) of {meta.data_dir}"
-        print(result.table(f"{title}\ncheckpoint {trained.step_dir}"))
-        summary.append(f"{split} {100 * result.miou:.1f}" if result.miou is not None else f"{split} -")
+        print(result.table(f"{title}\ncheckpoint {trained.step_dir}\n{describe_inference(plain_settings)}"))
+        if augmented is not None:
+            print()
+            print(
+                metrics.format_comparison(
+                    result,
+                    augmented,
+                    ("plain", "augmented"),
+                    f"{split}: plain vs {describe_inference(aug_settings)}",
+                )
+            )
+        if args.worst:
+            print(f"\n{min(args.worst, len(images))} {split} images with the lowest mean IoU:")
+            print("\n".join(worst_lines(images, args.worst)))
+        entry = f"{split} {100 * result.miou:.1f}" if result.miou is not None else f"{split} -"
+        if augmented is not None and augmented.miou is not None:
+            entry += f" (augmented {100 * augmented.miou:.1f})"
+        summary.append(entry)
         if jax.process_index() == 0:
             record = {
                 "checkpoint": str(trained.step_dir),
                 "split": split,
                 "data_dir": str(meta.data_dir),
                 "num_images": meta.splits[split],
+                "inference": plain_settings,
                 **result.to_dict(),
+                "images": images,
             }
+            if augmented is not None:
+                record["augmented"] = {"inference": aug_settings, **augmented.to_dict(), "images": aug_images}
             try:
                 fsutil.atomic_write_json(outs[split], record, sort_keys=False)
             except OSError as e:

@@ -4,13 +4,15 @@ For every input image writes, under DIR:
     color/<name>.png     the prediction in the dataset's palette
     overlay/<name>.png   the colours alpha-blended onto the image (--alpha)
     labels/<name>.png    raw class ids, 8-bit single channel (value i = class i)
-and DIR/legend.png (palette and class names). Folders are read non-recursively (files with
-an image extension; --recursive descends). Images are read by `fcn_jax.data.imageio.read_rgb`,
-which applies the same rules as `prepare` (docs/data.md): grayscale, palette and opaque RGBA
-images are converted to RGB; images with transparent pixels and 16-bit or float images are
-refused; EXIF orientation is applied. A file that cannot be read is reported on stderr,
-naming it; the other files are still processed and the exit code is 1. Every input gets its
-own output name (see `_output_names`).
+and DIR/legend.png (palette and class names). --tile H,W --overlap PX segments images larger
+than the tile in overlapping windows (device memory bounded by the tile); --scales and --flip
+average the probabilities of resized and mirrored copies (`fcn_jax.predict`). Folders are
+read non-recursively (files with an image extension; --recursive descends). Images are read
+by `fcn_jax.data.imageio.read_rgb`, which applies the same rules as `prepare` (docs/data.md):
+grayscale, palette and opaque RGBA images are converted to RGB; images with transparent
+pixels and 16-bit or float images are refused; EXIF orientation is applied. A file that
+cannot be read is reported on stderr, naming it; the other files are still processed and
+the exit code is 1. Every input gets its own output name (see `_output_names`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(model.safetensors + config.json, from fcn-jax export --format safetensors)",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--flip", action="store_true", help="test-time augmentation: average with the mirrored image"
-    )
+    from fcn_jax.commands.eval import add_inference_arguments
+
+    add_inference_arguments(parser)
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)"
     )
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from fcn_jax import visualize
     from fcn_jax.data.imageio import read_rgb
     from fcn_jax.fsutil import atomic_output, check_writable_dir
-    from fcn_jax.predict import Segmenter
+    from fcn_jax.predict import Segmenter, check_tile, parse_scales, parse_tile
 
     def err(msg: str) -> None:
         tqdm.write(f"fcn-jax predict: error: {msg}", file=sys.stderr)
@@ -121,7 +123,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcn-jax predict: {e}", file=sys.stderr)
         return 2
     try:
-        seg = Segmenter.from_checkpoint(args.checkpoint, batch_size=args.batch_size, flip=args.flip)
+        tile, scales = parse_tile(args.tile), parse_scales(args.scales)
+        check_tile(tile, args.overlap)
+    except ValueError as e:
+        print(f"fcn-jax predict: --tile/--overlap/--scales: {e}", file=sys.stderr)
+        return 2
+    try:
+        seg = Segmenter.from_checkpoint(
+            args.checkpoint,
+            batch_size=args.batch_size,
+            flip=args.flip,
+            scales=scales,
+            tile=tile,
+            overlap=args.overlap,
+        )
     except (OSError, ValueError) as e:
         print(f"fcn-jax predict: --checkpoint: {e}", file=sys.stderr)
         return 2

@@ -60,13 +60,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("folder", help="your own images + masks, matched by file name stem")
     p.add_argument("--images", required=True, help="directory of RGB images")
-    p.add_argument("--masks", required=True, help="directory of 8-bit masks (class indices)")
-    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument(
+        "--masks", required=True, help="directory of 8-bit masks (class indices; colours with --color-map)"
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="required, unless a --color-map text file names the classes",
+    )
     p.add_argument("--ignore-index", type=int, default=255, help="mask value to ignore (default 255)")
     p.add_argument("--name", default="folder", help="dataset name (lower case, default 'folder')")
     p.add_argument("--class-names", default=None, help="comma-separated class names")
     p.add_argument("--palette", default=None, help="palette image: pixel i = colour of class i")
     p.add_argument("--mask-suffix", default="", help="mask stem = image stem + this (e.g. _mask)")
+    p.add_argument(
+        "--color-map",
+        default=None,
+        metavar="FILE",
+        help="masks are colour-coded (RGB, also JPEG): a palette image (pixel i = colour of class i; "
+        "its entry at the ignore value = the ignore colour) or a text file of 'R G B name' lines in "
+        "class order ('R G B ignore' lines: ignore colours); converts the colours to class ids",
+    )
+    p.add_argument(
+        "--unknown-colors",
+        choices=("error", "ignore"),
+        default="error",
+        help="mask pixels of a colour not in the colour map: error (refuse the file, the default) or "
+        "ignore (map them to the ignore value); either way each file is reported with the counts",
+    )
+    p.add_argument(
+        "--color-tolerance",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a mask colour within N of a colour-map colour in every channel counts as it (JPEG masks; "
+        "default 0: exact)",
+    )
+    p.add_argument(
+        "--ignore-color",
+        action="append",
+        default=[],
+        metavar="R,G,B",
+        help="repeatable: a colour mapped to the ignore value (replaces a palette image's ignore entry)",
+    )
     p.add_argument(
         "--list-file",
         default=None,
@@ -121,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
                 heldout_drive=args.heldout_drive,
             )
         elif args.dataset == "folder":
+            if args.num_classes is None and args.color_map is None:
+                raise data.DataError("--num-classes is required (or a --color-map text file of the classes)")
             path = data.prepare_folder(
                 args.images,
                 args.masks,
@@ -137,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 workers=args.workers,
                 progress=progress,
+                color_map=args.color_map,
+                unknown_colors=args.unknown_colors,
+                ignore_colors=args.ignore_color,
+                color_tolerance=args.color_tolerance,
+                report=lambda line: print(f"fcn-jax prepare: warning: {line}", file=sys.stderr),
             )
         else:
             path = data.prepare_tfds(

@@ -1,8 +1,9 @@
-"""`fcn-jax report --workdir runs/x [--split val] [--num-images 4] [--evaluate]`.
+"""`fcn-jax report --workdir runs/x [--split val] [--num-images 4] [--worst 4] [--evaluate]`.
 
 Writes runs/x/report/: loss, learning-rate and val-metric curves (from metrics.jsonl), a
 row-normalised confusion matrix, image | ground truth | prediction for a few images of the
-split, and README.md linking them with the last val metrics as tables.
+split, image | truth | prediction | error map for the split's worst images (from the
+per-image records `fcn-jax eval` writes), and README.md linking them with tables.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate the checkpoint now for the confusion matrix (writes eval_<split>.json)",
     )
+    parser.add_argument(
+        "--worst",
+        type=int,
+        default=4,
+        metavar="K",
+        help="show the K images of the split with the lowest mean IoU, from eval_<split>.json's "
+        "per-image records: image | truth | prediction | error map (default 4; 0: none)",
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="batch size for --evaluate (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -36,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fcn_jax import report
 
-    if args.num_images < 0:
-        print(f"fcn-jax report: --num-images must be >= 0, got {args.num_images}", file=sys.stderr)
-        return 2
+    for flag, value in (("--num-images", args.num_images), ("--worst", args.worst)):
+        if value < 0:
+            print(f"fcn-jax report: {flag} must be >= 0, got {value}", file=sys.stderr)
+            return 2
     try:
         readme = report.make_report(
             args.workdir,
@@ -48,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             args.evaluate,
             args.batch_size,
             progress=not args.quiet,
+            worst=args.worst,
         )
     except (OSError, ValueError) as e:  # run.RunError: missing run, damaged checkpoint
         print(f"fcn-jax report: {e}", file=sys.stderr)

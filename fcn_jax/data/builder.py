@@ -308,8 +308,13 @@ def write_dataset(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    extra_metadata: Callable[[], dict] | None = None,
 ) -> Path:
-    """Check and write `splits` to `<out>/<name>/<VERSION>`; returns that directory."""
+    """Check and write `splits` to `<out>/<name>/<VERSION>`; returns that directory.
+
+    extra_metadata: called after every example has been checked (so it can report what the
+    check found, e.g. colours mapped to the ignore value); its entries join metadata.json.
+    """
     from fcn_jax.data.meta import default_palette
 
     class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
@@ -337,6 +342,7 @@ def write_dataset(
             "palette": palette.tolist(),
             "ignore_color": [int(v) for v in ignore_color],
             "source": source,
+            **(extra_metadata() if extra_metadata is not None else {}),
         },
         "splits": splits,
         "checked": checked,

@@ -1,25 +1,71 @@
 """Your own data: a folder of images and a folder of masks, matched by file name stem.
 
 Masks hold class indices 0..num_classes-1 and the ignore value (default 255), 8-bit
-single-channel (L or palette-index PNGs). Splits are given either as fractions of all pairs,
-shuffled with a fixed seed (default train 0.9 / val 0.1), or as one list file per split.
+single-channel (L or palette-index PNGs), or, with a colour map (`color_map=`, see
+`fcn_jax.data.color_map`), a colour per class (RGB, also JPEG), converted to indices.
+Splits are given either as fractions of all pairs, shuffled with a fixed seed (default
+train 0.9 / val 0.1), or as one list file per split.
 List file lines are either `IMAGE MASK` (paths relative to the list file, or absolute) or a
 single `NAME` (an image file name or stem in images_dir, its mask found by stem in masks_dir).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import threading
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fcn_jax.data import imageio
 from fcn_jax.data.builder import Sample, default_out, iter_pairs, write_dataset
+from fcn_jax.data.color_map import ColorMap, describe_unknown, load_color_map
 from fcn_jax.data.errors import DataError
 from fcn_jax.data.imageio import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
 from fcn_jax.data.meta import read_palette_png
 
 DEFAULT_SPLITS = {"train": 0.9, "val": 0.1}
+# Colour masks may be JPEG (lossy: their damaged edges are what --unknown-colors is for);
+# index masks may not, since JPEG would change the class ids themselves.
+COLOR_MASK_EXTENSIONS = (*LABEL_EXTENSIONS, ".jpg", ".jpeg", ".webp")
+
+
+class _ColorMasks:
+    """Reads colour masks through `imageio.load_color_label` and keeps one unknown-colour
+    report per file (the builder reads each mask twice: to check it, then to encode it)."""
+
+    def __init__(self, color_map: ColorMap, unknown: str):
+        self.color_map, self.unknown = color_map, unknown
+        self.reports: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def source(self, path: Path):
+        return functools.partial(self.read, path)
+
+    def read(self, path: Path) -> np.ndarray:
+        ids, report = imageio.load_color_label(path, str(path), self.color_map, self.unknown)
+        if report:
+            with self._lock:
+                self.reports.setdefault(str(path), report)
+        return ids
+
+    def messages(self) -> list[str]:
+        ignore = self.color_map.ignore_index
+        return [
+            f"{name}: {describe_unknown(r)} not in the colour map; mapped to the ignore value {ignore}"
+            for name, r in sorted(self.reports.items())
+        ]
+
+    def metadata(self) -> dict:
+        return {
+            "color_map": {
+                **self.color_map.to_dict(),
+                "unknown_colors": self.unknown,
+                "files_with_unknown_colors": dict(sorted(self.reports.items())),
+            }
+        }
 
 
 def _files(d: Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
@@ -49,10 +95,12 @@ def _fail(problems: list[tuple[str, Path]]) -> None:
     raise DataError(f"{len(problems)} problems:\n  {shown}{more}", problems[0][1])
 
 
-def match_by_stem(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> list[tuple[Path, Path]]:
+def match_by_stem(
+    images_dir: Path, masks_dir: Path, mask_suffix: str = "", mask_exts: tuple[str, ...] = LABEL_EXTENSIONS
+) -> list[tuple[Path, Path]]:
     """Every image must have a mask named `<stem><mask_suffix>.<ext>` and vice versa."""
     images = _files(images_dir, IMAGE_EXTENSIONS, "image")
-    masks = _files(masks_dir, LABEL_EXTENSIONS, "mask")
+    masks = _files(masks_dir, mask_exts, "mask")
     problems = []
     for stem, p in images.items():
         if stem + mask_suffix not in masks:
@@ -73,7 +121,11 @@ def match_by_stem(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> l
 
 
 def read_list_file(
-    list_file, images_dir: Path | None, masks_dir: Path | None, mask_suffix: str = ""
+    list_file,
+    images_dir: Path | None,
+    masks_dir: Path | None,
+    mask_suffix: str = "",
+    mask_exts: tuple[str, ...] = LABEL_EXTENSIONS,
 ) -> list[tuple[Path, Path]]:
     list_file = Path(list_file).expanduser()
     if not list_file.is_file():
@@ -90,7 +142,7 @@ def read_list_file(
                 raise DataError(f"{where}: a single name needs images_dir and masks_dir", list_file)
             if images is None:
                 images = _files(images_dir, IMAGE_EXTENSIONS, "image")
-                masks = _files(masks_dir, LABEL_EXTENSIONS, "mask")
+                masks = _files(masks_dir, mask_exts, "mask")
             stem = Path(tokens[0]).stem if Path(tokens[0]).suffix.lower() in IMAGE_EXTENSIONS else tokens[0]
             img = images.get(stem, images_dir / tokens[0])
             msk = masks.get(stem + mask_suffix, masks_dir / f"{stem}{mask_suffix}.png")
@@ -145,16 +197,42 @@ def prepare_folder(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    color_map=None,
+    unknown_colors: str = "error",
+    ignore_colors=(),
+    color_tolerance: int = 0,
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Prepare a folder dataset under `out` (`<out>/<name>/1.0.0`); returns that directory.
 
     splits: {"train": 0.9, "val": 0.1} (fractions, shuffled with `split_seed`; the default) or
     {"train": "train.txt", "val": "val.txt"} (one list file per split). `list_file` replaces
     stem matching by an explicit list, which is then cut by fractions.
-    palette: (num_classes, 3) uint8 colours, or a palette image path; default the VOC colours.
+    palette: (num_classes, 3) uint8 colours, or a palette image path; default the VOC colours
+    (with a colour map: the map's class colours).
+    color_map: masks are colour-coded; a palette image or `R G B name` text file (or a
+    `ColorMap`) converts them (`fcn_jax.data.color_map`). A text map gives num_classes and the
+    class names when they are not passed. unknown_colors: "error" refuses a mask with colours
+    not in the map, "ignore" maps them to `ignore_index`; ignore_colors: [(r, g, b)] mapped to
+    the ignore value; color_tolerance: a colour within this of a map colour in every channel
+    counts as it (for JPEG masks). `report` receives one line per file whose unknown colours were
+    ignored (default: `warnings.warn`); the counts are also in the dataset's metadata.json.
     """
+    masks = None
+    if color_map is not None:
+        if unknown_colors not in ("error", "ignore"):
+            raise DataError(f"unknown_colors must be 'error' or 'ignore', got {unknown_colors!r}", color_map)
+        if not isinstance(color_map, ColorMap):
+            color_map = load_color_map(color_map, num_classes, ignore_index, ignore_colors, color_tolerance)
+        num_classes = color_map.num_classes if num_classes is None else num_classes
+        class_names = class_names or color_map.class_names
+        palette = color_map.palette if palette is None else palette
+        masks = _ColorMasks(color_map, unknown_colors)
+    elif ignore_colors:
+        raise DataError("ignore colours need a colour map (--color-map)", "ignore_colors")
     if num_classes is None:
         raise DataError("num_classes is required for a folder dataset", images_dir)
+    mask_exts = COLOR_MASK_EXTENSIONS if masks is not None else LABEL_EXTENSIONS
     images_dir = None if images_dir is None else Path(images_dir).expanduser()
     masks_dir = None if masks_dir is None else Path(masks_dir).expanduser()
     splits = dict(splits or DEFAULT_SPLITS)
@@ -163,20 +241,28 @@ def prepare_folder(
         raise DataError(f"splits mixes fractions and list files: {splits}", "splits")
     if kinds == {True}:
         if list_file is not None:
-            pairs = read_list_file(list_file, images_dir, masks_dir, mask_suffix)
+            pairs = read_list_file(list_file, images_dir, masks_dir, mask_suffix, mask_exts)
         else:
-            pairs = match_by_stem(images_dir, masks_dir, mask_suffix)
+            pairs = match_by_stem(images_dir, masks_dir, mask_suffix, mask_exts)
         by_split = split_by_fraction(pairs, splits, split_seed)
     else:
         if list_file is not None:
             raise DataError("give either list_file or per-split list files, not both", list_file)
-        by_split = {k: read_list_file(v, images_dir, masks_dir, mask_suffix) for k, v in splits.items()}
-    samples = {k: [Sample(img.name, img, msk) for img, msk in v] for k, v in by_split.items()}
+        by_split = {
+            k: read_list_file(v, images_dir, masks_dir, mask_suffix, mask_exts) for k, v in splits.items()
+        }
+    if masks is None:
+        samples = {k: [Sample(img.name, img, msk) for img, msk in v] for k, v in by_split.items()}
+    else:
+        samples = {
+            k: [Sample(img.name, img, masks.source(msk), label_desc=str(msk)) for img, msk in v]
+            for k, v in by_split.items()
+        }
     if isinstance(palette, (str, Path)):
         palette = read_palette_png(Path(palette), num_classes)
     if isinstance(class_names, str):
         class_names = [c.strip() for c in class_names.split(",")]
-    return write_dataset(
+    path = write_dataset(
         name,
         default_out(out),
         samples,
@@ -184,8 +270,13 @@ def prepare_folder(
         ignore_index=ignore_index,
         class_names=class_names,
         palette=palette,
-        source=f"images={images_dir} masks={masks_dir} list_file={list_file}",
+        source=f"images={images_dir} masks={masks_dir} list_file={list_file}"
+        + ("" if masks is None else f" color_map={masks.color_map.source}"),
         overwrite=overwrite,
         workers=workers,
         progress=progress,
+        extra_metadata=None if masks is None else masks.metadata,
     )
+    for line in [] if masks is None else masks.messages():
+        (report or warnings.warn)(line)
+    return path

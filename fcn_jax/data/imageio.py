@@ -15,7 +15,9 @@ Policy for image modes (documented in docs/data.md):
   from the decoder's raw mode before decoding (see `_wide_rawmode`).
 Labels must be single-channel class indices: L, P (palette *indices* are used, not the
 colours), 1, or 16-bit/32-bit integer PNGs whose values fit in 0..255. Colour (RGB) masks are
-refused with a pointer to the docs. Label values must be in 0..num_classes-1 or the ignore value.
+refused with a pointer to the docs, unless a colour map is given (`load_color_label`, which
+reads the mask's *colours* through the same decoder and maps them with
+`fcn_jax.data.color_map`). Label values must be in 0..num_classes-1 or the ignore value.
 """
 
 from __future__ import annotations
@@ -146,6 +148,47 @@ def load_label(source, name: str) -> tuple[np.ndarray, bool]:
         f"mode {mode!r}; colour-coded masks must be converted to indices first (docs/data.md)",
         name,
     )
+
+
+def load_color_label(source, name: str, color_map, unknown: str = "error") -> tuple[np.ndarray, dict]:
+    """A colour-coded mask -> (uint8 (H, W) class ids, unknown-colour report), by `color_map`
+    (a `fcn_jax.data.color_map.ColorMap`; see there for `unknown` and the report).
+
+    The mask's colours are what count: palette (P) masks are read as their colours, not
+    their indices. Transparent pixels have no defined colour and 16-bit channels would be
+    cut to 8 bits, so both are refused, as for images. A single-channel mask is read as grey
+    colours; when those are not in the map, the error says it may hold class ids instead.
+    """
+    im, wide = _open(source, "label", name)
+    mode = im.mode
+    if wide is not None:
+        raise DataError(
+            f"{name}: colour mask has more than 8 bits per channel (stored as {wide}); save it as 8-bit RGB",
+            name,
+        )
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"))
+        if rgba[..., 3].min() < 255:
+            raise DataError(
+                f"{name}: colour mask has transparent pixels (min alpha {int(rgba[..., 3].min())}); "
+                "their colour is undefined, so it is refused. Save it without alpha",
+                name,
+            )
+        rgb = rgba[..., :3]
+    elif mode in ("RGB", "P", "L", "1", "CMYK", "YCbCr"):
+        rgb = np.asarray(im.convert("RGB"))
+    else:
+        raise DataError(f"{name}: unsupported colour mask mode {mode!r}; save it as 8-bit RGB", name)
+    try:
+        return color_map.to_ids(rgb, name, unknown)
+    except DataError as e:
+        if mode in ("L", "1"):
+            raise DataError(
+                f"{e} (the mask is single-channel, mode {mode}: if its values are class ids, "
+                "prepare without --color-map)",
+                name,
+            ) from None
+        raise
 
 
 def read_rgb(path) -> np.ndarray:

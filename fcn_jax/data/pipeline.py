@@ -245,6 +245,25 @@ class Prefetcher:
         return dict(self._state)
 
 
+def eval_plan(data_dir, split: str, global_batch_size: int) -> list[list[tuple[int, bool]]]:
+    """The global batches `eval_batches` yields, as (example index, valid) rows: images
+    grouped by size in dataset order, a group's last batch filled with copies of its first
+    image marked invalid. Process p of P reads rows [p*L:(p+1)*L] (L = G/P) of each, so a
+    global result (e.g. one confusion matrix per row) can be named by example."""
+    G = global_batch_size
+    if G < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {G}")
+    buckets: dict[tuple, list[int]] = {}
+    for i, s in enumerate(load_index(data_dir, split)["shapes"]):
+        buckets.setdefault(tuple(s), []).append(i)
+    plan = []
+    for idx in buckets.values():
+        for start in range(0, len(idx), G):
+            chunk = [(i, True) for i in idx[start : start + G]]
+            plan.append(chunk + [(chunk[0][0], False)] * (G - len(chunk)))
+    return plan
+
+
 def eval_batches(
     data_dir,
     split: str,
@@ -265,17 +284,10 @@ def eval_batches(
     p, P = _process(process_index, process_count)
     if global_batch_size < 1 or global_batch_size % P:
         raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of {P}")
-    G, L = global_batch_size, global_batch_size // P
-    shapes = load_index(data_dir, split)["shapes"]
-    buckets: dict[tuple, list[int]] = {}
-    for i, s in enumerate(shapes):
-        buckets.setdefault(tuple(s), []).append(i)
+    L = global_batch_size // P
     local: list[tuple[int, bool]] = []
-    for idx in buckets.values():
-        for start in range(0, len(idx), G):
-            chunk = [(i, True) for i in idx[start : start + G]]
-            chunk += [(chunk[0][0], False)] * (G - len(chunk))
-            local += chunk[p * L : (p + 1) * L]
+    for chunk in eval_plan(data_dir, split, global_batch_size):
+        local += chunk[p * L : (p + 1) * L]
     source = open_source(data_dir, split)
 
     def load(item):
