@@ -3,14 +3,15 @@
     python benchmarks/throughput.py                              # 32s, 16s, 8s at 360x480, batch 2
     python benchmarks/throughput.py --variants 8s,32s --steps 10
     python benchmarks/throughput.py --dtype bfloat16 --no-torch  # e.g. on a GPU
+    python benchmarks/throughput.py --backbone vgg16 --variants 8s  # FCN-VGG16
 
     python benchmarks/throughput.py --modes infer --ort-batches 1,2 # + onnxruntime at batch 1 and 2
 
 fcn_jax train = the project's jitted step (fcn_jax.training: make_optimizer(SGD,
 momentum 0.9) + init_state + compile_steps on a 1-device mesh, state donated);
 fcn_jax inference = jitted FCN apply + argmax. PyTorch = benchmarks/torch_twin.TorchFCN
-with the same parameters: train = forward + cross entropy + backward + SGD step,
-inference = no_grad forward + argmax, torch.set_num_threads(cores).
+(on the same --backbone: alexnet or vgg16) with the same parameters: train = forward +
+cross entropy + backward + SGD step, inference = no_grad forward + argmax, torch.set_num_threads(cores).
 
 The two frameworks are timed in alternating rounds (ABBA order) so that noise on a
 shared machine hits both alike; images/s come from the median round. FLOPs per image
@@ -52,6 +53,7 @@ IGNORE = 255
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="32s,16s,8s")
+    p.add_argument("--backbone", choices=("alexnet", "vgg16"), default="alexnet")
     p.add_argument("--modes", default="train,infer", help="train, infer or both")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--height", type=int, default=360)
@@ -109,7 +111,7 @@ class JaxSide:
         self.jax = jax
         dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
         op_set = OpSet.reference() if args.impl == "reference" else OpSet()
-        self.model = FCN(args.num_classes, variant, dtype=dtype, ops=op_set)
+        self.model = FCN(args.num_classes, variant, dtype=dtype, ops=op_set, backbone=args.backbone)
         tx, _ = training.make_optimizer(
             optimizer_config(name="sgd", learning_rate=1e-4, momentum=0.9, schedule="constant"), decay_steps=1
         )
@@ -185,7 +187,8 @@ class TorchSide:
         from torch_twin import TorchFCN, load_flax_fcn_params
 
         self.torch, self.device = torch, device
-        self.model = load_flax_fcn_params(TorchFCN(args.num_classes, variant), params).to(device)
+        twin = TorchFCN(args.num_classes, variant, backbone=args.backbone)
+        self.model = load_flax_fcn_params(twin, params).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -357,7 +360,8 @@ def main(argv=None) -> int:
     dev, torch_note = torch_device(backend, args.no_torch)
     print(
         f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}), {cores()} cores; "
-        f"PyTorch: {torch_note}; {args.height}x{args.width}, batch {args.batch_size}, {args.dtype}, "
+        f"PyTorch: {torch_note}; FCN-{args.backbone}, {args.height}x{args.width}, batch {args.batch_size}, "
+        f"{args.dtype}, "
         f"{args.num_classes} classes, {args.impl} ops; "
         f"{args.steps} alternating rounds after {args.warmup} warm-up"
     )

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "convert": "Convert torchvision AlexNet weights (.pth) to Flax parameters.",
+    "convert": "Convert torchvision AlexNet or VGG16 weights (.pth) to Flax parameters.",
     "prepare": "Prepare a dataset (camvid, folder, tfds) as a TFDS array_record directory.",
     "train": "Train an FCN from an experiment config.",
     "eval": "Evaluate a trained run on a split and print metrics.",

@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = "8s"
+    c.model.backbone = "alexnet"  # alexnet | vgg16 (init_from: fcn-jax convert --arch vgg16)
     c.model.dropout_rate = 0.5
     c.model.trainable_upsampling = True
     c.model.dtype = "float32"  # bfloat16 on accelerators
@@ -79,9 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.num_pictures = 4  # val images drawn at each evaluation
     c.train.nan_at_step = -1  # fault injection for tests: poison the batch at this step
 
-    # Weights to start from: "" (random), a file written by `fcn-jax convert` (AlexNet,
-    # conv1-fc7 are transplanted) or a run directory of another FCN (staged training:
-    # every layer of the same name and shape is copied, e.g. 32s -> 16s -> 8s).
+    # Weights to start from: "" (random), a file written by `fcn-jax convert` (the classifier
+    # of model.backbone: its convolutions, fc6 and fc7 are transplanted) or a run directory
+    # of another FCN (staged training: every layer of the same name and shape is copied,
+    # e.g. 32s -> 16s -> 8s).
     c.init_from = ""
     return c
 

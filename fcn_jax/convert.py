@@ -1,8 +1,9 @@
-"""torchvision AlexNet state_dict -> Flax parameters, and transplant into an FCN.
+"""torchvision AlexNet / VGG16 state_dict -> Flax parameters, and transplant into an FCN.
 
-The whole mapping is the table `TORCH_TO_FLAX`: PyTorch key prefix -> Flax layer
-and how its weight is laid out. Conversion needs no torch import (numpy arrays
-work); torch is needed only to read a `.pth` file.
+The whole mapping is one table per architecture (`torch_layout`, `TORCH_TO_FLAX` for
+AlexNet): PyTorch key prefix -> Flax layer and how its weight is laid out, derived from
+the layer table in `fcn_jax.geometry` and torchvision's module order. Conversion needs
+no torch import (numpy arrays work); torch is needed only to read a `.pth` file.
 
 Parameter files are safetensors (`.safetensors`: keys "layer/name", Flax layouts, float32;
 what the Hugging Face Hub and other frameworks read without unpickling anything) or flax
@@ -24,41 +25,72 @@ import numpy as np
 
 from fcn_jax import geometry
 from fcn_jax.fsutil import atomic_write_bytes, atomic_write_text
-from fcn_jax.models import CHANNELS, FCN, init_params
+from fcn_jax.models import BACKBONE_CHANNELS, FCN, init_params
 
-# torchvision's AlexNet flattens pool5 (C=256, H=6, W=6) before classifier.1.
-_FC6_INPUT = (256, geometry.ALEXNET_LAYERS["fc6"].kernel, geometry.ALEXNET_LAYERS["fc6"].kernel)
-
-# PyTorch prefix -> (Flax layer, kind). "conv": weight (O, I, kh, kw) -> kernel (kh, kw, I, O).
-# "linear": weight (O, I) -> 1x1 kernel; "linear6x6": weight (O, C*H*W) -> kernel (H, W, C, O).
-TORCH_TO_FLAX: dict[str, tuple[str, str]] = {
-    "features.0": ("conv1", "conv"),
-    "features.3": ("conv2", "conv"),
-    "features.6": ("conv3", "conv"),
-    "features.8": ("conv4", "conv"),
-    "features.10": ("conv5", "conv"),
-    "classifier.1": ("fc6", "linear6x6"),
-    "classifier.4": ("fc7", "linear"),
-    "classifier.6": ("fc8", "linear"),
-}
-
-# Layers of the classifier that the FCN keeps (fc8 is replaced by score layers).
-TRANSPLANTED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+ARCHS = ("alexnet", "vgg16")  # torchvision architectures that convert (geometry.BACKBONES)
+# torchvision's classifier Sequential: the indices of its three Linear layers (fc6, fc7, fc8).
+# AlexNet puts a Dropout before fc6 and fc7, VGG after them.
+_CLASSIFIER_INDICES = {"alexnet": (1, 4, 6), "vgg16": (0, 3, 6)}
 
 
-def _expected_shapes(num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
-    ins = {"conv1": 3, "conv2": 64, "conv3": 192, "conv4": 384, "conv5": 256}
-    shapes = {}
-    for prefix, (layer, kind) in TORCH_TO_FLAX.items():
-        out = CHANNELS.get(layer, num_classes)
-        if kind == "conv":
-            k = geometry.ALEXNET_LAYERS[layer].kernel
-            shapes[f"{prefix}.weight"] = (out, ins[layer], k, k)
-        elif kind == "linear6x6":
-            shapes[f"{prefix}.weight"] = (out, int(np.prod(_FC6_INPUT)))
+def torch_layout(arch: str) -> dict[str, tuple[str, str]]:
+    """PyTorch prefix -> (Flax layer, kind) for torchvision's `arch`.
+
+    torchvision's `features` Sequential holds a Conv2d and a ReLU per convolution and a
+    MaxPool2d per pool, in the layer table's order, so the indices follow from the table.
+    Kinds: "conv": weight (O, I, kh, kw) -> kernel (kh, kw, I, O); "flatten" (fc6):
+    weight (O, C*H*W), pool5 flattened in C, H, W order -> kernel (H, W, C, O); "linear":
+    weight (O, I) -> 1x1 kernel.
+    """
+    layout, index = {}, 0
+    for name in geometry.get_backbone(arch).layers:
+        if name.startswith("fc"):
+            break
+        if name.startswith("pool"):
+            index += 1
         else:
-            shapes[f"{prefix}.weight"] = (out, 4096)
+            layout[f"features.{index}"] = (name, "conv")
+            index += 2
+    fc = (("fc6", "flatten"), ("fc7", "linear"), ("fc8", "linear"))
+    for i, entry in zip(_CLASSIFIER_INDICES[arch], fc):
+        layout[f"classifier.{i}"] = entry
+    return layout
+
+
+TORCH_TO_FLAX = torch_layout("alexnet")
+
+
+def transplanted(arch: str) -> tuple[str, ...]:
+    """Layers of the classifier that the FCN keeps: every convolution, fc6 and fc7 (fc8 is
+    replaced by score layers)."""
+    return tuple(name for name in geometry.get_backbone(arch).layers if not name.startswith("pool"))
+
+
+TRANSPLANTED = transplanted("alexnet")
+
+
+def _fc6_input(arch: str) -> tuple[int, int, int]:
+    """(C, H, W) of pool5 as torchvision flattens it before fc6 (7x7 after VGG's and
+    6x6 after AlexNet's adaptive average pool: fc6's window)."""
+    layers, channels = geometry.get_backbone(arch).layers, BACKBONE_CHANNELS[arch]
+    last_conv = [n for n in layers if n.startswith("conv")][-1]
+    return (channels[last_conv], layers["fc6"].kernel, layers["fc6"].kernel)
+
+
+def _expected_shapes(arch: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    layers, channels = geometry.get_backbone(arch).layers, BACKBONE_CHANNELS[arch]
+    shapes, inputs = {}, 3
+    for prefix, (layer, kind) in torch_layout(arch).items():
+        out = channels.get(layer, num_classes)
+        if kind == "conv":
+            k = layers[layer].kernel
+            shapes[f"{prefix}.weight"] = (out, inputs, k, k)
+        elif kind == "flatten":
+            shapes[f"{prefix}.weight"] = (out, int(np.prod(_fc6_input(arch))))
+        else:
+            shapes[f"{prefix}.weight"] = (out, inputs)
         shapes[f"{prefix}.bias"] = (out,)
+        inputs = out
     return shapes
 
 
@@ -68,11 +100,11 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def _weight_to_kernel(w: np.ndarray, kind: str) -> np.ndarray:
+def _weight_to_kernel(w: np.ndarray, kind: str, arch: str) -> np.ndarray:
     if kind == "conv":
         return w.transpose(2, 3, 1, 0)
-    if kind == "linear6x6":
-        return w.reshape(w.shape[0], *_FC6_INPUT).transpose(2, 3, 1, 0)
+    if kind == "flatten":
+        return w.reshape(w.shape[0], *_fc6_input(arch)).transpose(2, 3, 1, 0)
     return w.T[None, None]
 
 
@@ -82,7 +114,22 @@ def _is_array(value: Any) -> bool:
 
 
 def alexnet_from_torch(state_dict: Mapping[str, Any]) -> dict:
-    """Flax params for `fcn_jax.models.AlexNet` from a torchvision-layout state_dict.
+    """Flax params for `fcn_jax.models.AlexNet` from a torchvision-layout state_dict
+    (`from_torch`)."""
+    return from_torch(state_dict, "alexnet")
+
+
+def vgg16_from_torch(state_dict: Mapping[str, Any]) -> dict:
+    """Flax params for `fcn_jax.models.VGG16` from a torchvision-layout state_dict
+    (`features.0` ... `features.28`, `classifier.0/3/6`; `from_torch`)."""
+    return from_torch(state_dict, "vgg16")
+
+
+ARCH_NAMES = {"alexnet": "AlexNet", "vgg16": "VGG16"}
+
+
+def from_torch(state_dict: Mapping[str, Any], arch: str) -> dict:
+    """Flax params for the classifier `arch` (`ARCHS`) from a torchvision-layout state_dict.
 
     Tensors or numpy arrays are accepted. Any other value (a number, a string, a nested
     dict: signs of a training checkpoint rather than a state_dict) is refused naming its key,
@@ -95,9 +142,11 @@ def alexnet_from_torch(state_dict: Mapping[str, Any]) -> dict:
             f"state_dict values that are not tensors or arrays: {', '.join(not_arrays)}; "
             "a state_dict maps parameter names to tensors"
         )
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     arrays = {k: _to_numpy(v) for k, v in state_dict.items()}
     num_classes = arrays["classifier.6.bias"].shape[0] if "classifier.6.bias" in arrays else 1000
-    expected = _expected_shapes(num_classes)
+    expected = _expected_shapes(arch, num_classes)
     problems = [f"missing: {k} (expected shape {s})" for k, s in expected.items() if k not in arrays]
     problems += [f"unexpected: {k} (shape {arrays[k].shape})" for k in arrays if k not in expected]
     problems += [
@@ -106,23 +155,36 @@ def alexnet_from_torch(state_dict: Mapping[str, Any]) -> dict:
         if k in arrays and arrays[k].shape != s
     ]
     if problems:
-        raise ValueError("state_dict does not match torchvision's AlexNet:\n  " + "\n  ".join(problems))
+        raise ValueError(
+            f"state_dict does not match torchvision's {ARCH_NAMES[arch]}:\n  " + "\n  ".join(problems)
+        )
     return {
         layer: {
-            "kernel": _weight_to_kernel(arrays[f"{prefix}.weight"], kind),
+            "kernel": _weight_to_kernel(arrays[f"{prefix}.weight"], kind, arch),
             "bias": arrays[f"{prefix}.bias"],
         }
-        for prefix, (layer, kind) in TORCH_TO_FLAX.items()
+        for prefix, (layer, kind) in torch_layout(arch).items()
     }
 
 
 def fcn_from_alexnet(
     alexnet_params: Mapping, num_classes: int, variant: str, rng: jax.Array, **model_kwargs
 ) -> dict:
-    """FCN params: conv1-5, fc6 and fc7 from AlexNet; score and upsampling layers initialised fresh."""
-    params = flax.core.unfreeze(init_params(FCN(num_classes, variant, **model_kwargs), rng))
-    for layer in TRANSPLANTED:
-        for name, value in alexnet_params[layer].items():
+    """FCN params: conv1-5, fc6 and fc7 from AlexNet; score and upsampling layers initialised
+    fresh (`fcn_from_classifier`)."""
+    return fcn_from_classifier(alexnet_params, num_classes, variant, rng, **model_kwargs)
+
+
+def fcn_from_classifier(
+    classifier_params: Mapping, num_classes: int, variant: str, rng: jax.Array, **model_kwargs
+) -> dict:
+    """FCN params on the backbone `model_kwargs["backbone"]` (default alexnet): its
+    convolutions, fc6 and fc7 (`transplanted`) from the converted classifier; score and
+    upsampling layers initialised fresh."""
+    model = FCN(num_classes, variant, **model_kwargs)
+    params = flax.core.unfreeze(init_params(model, rng))
+    for layer in transplanted(model.backbone):
+        for name, value in classifier_params[layer].items():
             value = np.asarray(value, np.float32)
             if value.shape != params[layer][name].shape:
                 raise ValueError(

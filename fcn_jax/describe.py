@@ -6,17 +6,18 @@ when fc6/fc7 become convolutions and the input grows. Someone choosing an input 
 crop or a batch for a memory budget needs that table for their own case, so it is built
 here from what the model itself is built from, never retyped:
 
-* windows (kernel, stride, padding) from `geometry.ALEXNET_LAYERS`, channels from
-  `models.CHANNELS`, the skip taps from `geometry.SKIP_TAPS`;
+* windows (kernel, stride, padding) and skip taps from the backbone's table in
+  `geometry.BACKBONES` (AlexNet or VGG16), channels from `models.BACKBONE_CHANNELS`;
 * sizes, output strides and where cell 0's receptive field is centred from the
   geometry's grids (`Grid.through` / `Grid.upsampled`), with the input padding and skip
-  crops that `geometry.plan` chooses for the FCN;
+  crops and upsampling kernels that `geometry.plan` chooses for the FCN;
 * parameter counts from the shapes of `model.init` (`jax.eval_shape`: nothing runs);
 * FLOPs counted analytically the way XLA's cost analysis counts the straightforward
   program (`ops.OpSet.reference()`), which is what benchmarks/throughput.py reports as
   "model FLOPs" (`Row.flops` says what is included).
 
-In a notebook: `d = describe("fcn", (360, 480), "8s", num_classes=11)`; `d.rows` (or
+In a notebook: `d = describe("fcn", (360, 480), "8s", num_classes=11)` (`backbone="vgg16"`
+for FCN-VGG16, `describe("vgg16")` for the classifier); `d.rows` (or
 `d.to_dict()["rows"]`, e.g. for a pandas DataFrame), `d.totals()`, `format_table(d)`.
 
 tests/test_describe.py checks sizes and strides against the shapes the model produces,
@@ -30,9 +31,10 @@ import dataclasses
 from fractions import Fraction
 
 from fcn_jax import geometry
-from fcn_jax.geometry import ALEXNET_LAYERS, Grid, Window
+from fcn_jax.geometry import Grid, Window
 
-MODELS = ("alexnet", "fcn")
+MODELS = ("alexnet", "vgg16", "fcn")  # the two classifiers, and the FCN on either (backbone)
+CLASSIFIER_NAMES = {"alexnet": "AlexNet", "vgg16": "VGG16"}
 # torchvision's AlexNet crop: there the classifier sees pool5 as the 6x6 map fc6 was
 # trained on, i.e. one fc7 cell (a test checks it against the geometry).
 ALEXNET_INPUT = 224
@@ -106,6 +108,7 @@ class Description:
     # Row name -> per axis, per cell: the first and last image pixel (zero padding included)
     # the cell depends on. The receptive-field column is the widest of these.
     reach: dict[str, tuple[Spans, Spans]] = dataclasses.field(default_factory=dict, repr=False)
+    backbone: str = "alexnet"  # the classifier's own layers, or the FCN's backbone
 
     @property
     def params(self) -> int:
@@ -147,6 +150,7 @@ class Description:
     def to_dict(self) -> dict:
         return {
             "model": self.model,
+            "backbone": self.backbone,
             "variant": self.variant,
             "size": list(self.size),
             "num_classes": self.num_classes,
@@ -220,16 +224,20 @@ class _Map:
         rf = self.rf + (w.kernel - 1) * int(self.h.stride)
         return _Map.uniform(self.h.through(w), self.w.through(w), rf, channels)
 
-    def upsampled(self, factor: int) -> _Map:
-        """`Grid.upsampled`: fine cell f*m + t reads coarse cell m, and m + 1 when t > 0 (the
-        (2f-1)-tap kernel centred on each coarse cell reaches f - 1 cells either side)."""
+    def upsampled(self, factor: int, taps: int | None = None) -> _Map:
+        """`Grid.upsampled`: with 2f-1 taps (the default) fine cell f*m + t reads coarse cell m,
+        and m + 1 when t > 0 (the kernel centred on each coarse cell reaches f - 1 cells either
+        side); with 2f taps every fine cell f*m + t lies between coarse cells m and m + 1 and
+        reads both."""
+        odd = taps is None or taps % 2 == 1
         spans = tuple(
             tuple(
-                (axis[m][0], axis[m + (t > 0)][1]) for m, t in (divmod(i, factor) for i in range(grid_size))
+                (axis[m][0], axis[m + (t > 0 or not odd)][1])
+                for m, t in (divmod(i, factor) for i in range(grid_size))
             )
-            for axis, grid_size in ((a, (len(a) - 1) * factor + 1) for a in self.spans)
+            for axis, grid_size in ((a, (len(a) - 1) * factor + odd) for a in self.spans)
         )
-        return _Map(self.h.upsampled(factor), self.w.upsampled(factor), self.channels, spans)
+        return _Map(self.h.upsampled(factor, taps), self.w.upsampled(factor, taps), self.channels, spans)
 
     def cropped(self, h: Grid, w: Grid) -> _Map:
         """The part of this map on grids h, w (a sub-grid, or ValueError)."""
@@ -259,8 +267,9 @@ def _window(w: Window) -> str:
 class _Builder:
     """Appends rows, keeping every map by name; parameters are looked up by row name."""
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, backbone: str = "alexnet"):
         self.params = params
+        self.layers = geometry.get_backbone(backbone).layers
         self.rows: list[Row] = []
         self.maps: dict[str, _Map] = {}
 
@@ -273,9 +282,9 @@ class _Builder:
         return m
 
     def conv(self, name: str, src: str, channels: int, kind: str = "conv", relu: bool = True) -> _Map:
-        """Layer `name` of ALEXNET_LAYERS, or a 1x1 score / fc8 layer, reading map `src`."""
+        """Layer `name` of the backbone's table, or a 1x1 score / fc8 layer, reading map `src`."""
         x = self.maps[src]
-        w = ALEXNET_LAYERS.get(name, Window(1))
+        w = self.layers.get(name, Window(1))
         m = x.through(w, channels)
         macs = x.channels * channels * _taps(x.h.size, m.h.size, w) * _taps(x.w.size, m.w.size, w)
         elementwise = m.elements * (2 if relu else 1)  # bias add (+ ReLU)
@@ -287,20 +296,26 @@ class _Builder:
 
     def pool(self, name: str, src: str) -> _Map:
         x = self.maps[src]
-        w = ALEXNET_LAYERS[name]
+        w = self.layers[name]
         m = x.through(w, x.channels)
         return self.add(name, "pool", src, _window(w), m, (w.kernel**2 - 1) * m.elements, m.elements)
 
     def upsample(
-        self, name: str, src: str, factor: int, crop: tuple[Grid, Grid] | None = None, note=""
+        self,
+        name: str,
+        src: str,
+        factor: int,
+        taps: int | None = None,
+        crop: tuple[Grid, Grid] | None = None,
+        note="",
     ) -> _Map:
-        """Stride-`factor` transposed convolution with a (2f-1)^2 kernel, keeping the cells
-        between the first and the last input cell (`Grid.upsampled`), or only `crop`."""
+        """Stride-`factor` transposed convolution with a taps^2 kernel (default 2f-1), keeping
+        the cells between the first and the last input cell (`Grid.upsampled`), or only `crop`."""
         x = self.maps[src]
-        up, kind = x.upsampled(factor), "upsample"
+        up, kind = x.upsampled(factor, taps), "upsample"
         if crop is not None:
             up, kind = up.cropped(*crop), "upsample + crop"
-        k = 2 * factor - 1
+        k = 2 * factor - 1 if taps is None else taps
         macs = x.h.size * x.w.size * k * k * x.channels * up.channels  # the whole scatter
         return self.add(name, kind, src, f"{k}x{k} s1/{factor}", up, 2 * macs, 2 * 2 * macs, note)
 
@@ -347,24 +362,30 @@ def _param_shapes(model) -> dict:
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)["params"]
 
 
-def _backbone(b: _Builder, src: str) -> None:
-    """conv1 ... fc7 (ALEXNET_LAYERS, in order) after map `src`."""
-    from fcn_jax.models import CHANNELS
+def _backbone(b: _Builder, src: str, backbone: str) -> None:
+    """The backbone's table in order (conv1 ... fc7) after map `src`."""
+    from fcn_jax.models import BACKBONE_CHANNELS
 
-    for name in ALEXNET_LAYERS:
+    channels = BACKBONE_CHANNELS[backbone]
+    for name in b.layers:
         if name.startswith("pool"):
             b.pool(name, src)
         else:
-            b.conv(name, src, CHANNELS[name], "fc as conv" if name.startswith("fc") else "conv")
+            b.conv(name, src, channels[name], "fc as conv" if name.startswith("fc") else "conv")
         src = name
 
 
-def min_alexnet_side() -> int:
-    """Smallest image side that leaves AlexNet one fc7 cell (fc6 needs a 6x6 pool5)."""
+def min_classifier_side(backbone: str = "alexnet") -> int:
+    """Smallest image side that leaves the classifier one fc7 cell (AlexNet's fc6 needs a
+    6x6 pool5, VGG16's a 7x7 one)."""
     side = 1
-    while geometry.trace(side, "fc7")["fc7"].size < 1:
+    while geometry.trace(side, "fc7", backbone=backbone)["fc7"].size < 1:
         side += 1
     return side
+
+
+def min_alexnet_side() -> int:
+    return min_classifier_side("alexnet")
 
 
 def fcn_defaults() -> tuple[tuple[int, int], int]:
@@ -381,14 +402,20 @@ def describe(
     variant: str | None = None,
     num_classes: int | None = None,
     batch: int = 1,
+    backbone: str | None = None,
 ) -> Description:
-    """The table for `model` ("alexnet" or "fcn") at `size` (H, W). Defaults: AlexNet at
-    224x224 with 1000 classes; FCN-32s at the base config's crop (360x480) with CamVid's
-    11 classes. Raises ValueError naming the bad argument."""
+    """The table for `model` ("alexnet", "vgg16" or "fcn") at `size` (H, W). Defaults: the
+    classifiers at 224x224 with 1000 classes; FCN-32s on `backbone` (default alexnet) at the
+    base config's crop (360x480) with CamVid's 11 classes. Raises ValueError naming the bad
+    argument."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
-    if model == "alexnet" and variant is not None:
+    if model != "fcn" and variant is not None:
         raise ValueError("variant applies to the FCN only (model fcn)")
+    if model != "fcn" and backbone is not None:
+        raise ValueError(f"backbone applies to the FCN only (model fcn); model {model} is a classifier")
+    backbone = "alexnet" if backbone is None else backbone
+    geometry.get_backbone(backbone)
     if model == "fcn":
         variant = "32s" if variant is None else variant
         geometry.check_variant(variant)
@@ -403,9 +430,9 @@ def describe(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    if model == "alexnet":
-        return _describe_alexnet(h, w, num_classes, batch)
-    return _describe_fcn(h, w, variant, num_classes, batch)
+    if model != "fcn":
+        return _describe_classifier(model, h, w, num_classes, batch)
+    return _describe_fcn(h, w, variant, num_classes, batch, backbone)
 
 
 def _sizes(h: int, w: int) -> list[tuple[int, int]]:
@@ -413,23 +440,23 @@ def _sizes(h: int, w: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys([(ALEXNET_INPUT, ALEXNET_INPUT), (h, w)]))
 
 
-def _describe_alexnet(h: int, w: int, num_classes: int, batch: int) -> Description:
-    from fcn_jax.models import AlexNet
+def _describe_classifier(arch: str, h: int, w: int, num_classes: int, batch: int) -> Description:
+    from fcn_jax.models import VGG16, AlexNet
 
-    side = min_alexnet_side()
+    side, fc6 = min_classifier_side(arch), geometry.get_backbone(arch).layers["fc6"].kernel
     if h < side or w < side:
         raise ValueError(
-            f"AlexNet needs at least {side}x{side} pixels (fc6 reads 6x6 pool5 cells), got {h}x{w}; "
-            "the FCN pads smaller images"
+            f"{CLASSIFIER_NAMES[arch]} needs at least {side}x{side} pixels (fc6 reads {fc6}x{fc6} "
+            f"pool5 cells), got {h}x{w}; the FCN pads smaller images"
         )
-    b = _Builder(_param_shapes(AlexNet(num_classes)))
+    b = _Builder(_param_shapes({"alexnet": AlexNet, "vgg16": VGG16}[arch](num_classes)), arch)
     b.add("image", "input", "", "", _image(h, w))
-    _backbone(b, "image")
+    _backbone(b, "image", arch)
     b.conv("fc8", "fc7", num_classes, "fc as conv", relu=False)
     rows, optimizer, reach = b.finish()
     classifier = {}
     for hh, ww in _sizes(h, w):
-        oh, ow = geometry.trace(hh, "fc7")["fc7"].size, geometry.trace(ww, "fc7")["fc7"].size
+        oh, ow = (geometry.trace(n, "fc7", backbone=arch)["fc7"].size for n in (hh, ww))
         classifier[f"{hh}x{ww}"] = {
             "layer": "fc8",
             "shape": [oh, ow, num_classes],
@@ -437,16 +464,16 @@ def _describe_alexnet(h: int, w: int, num_classes: int, batch: int) -> Descripti
             "what": "one score vector per image" if (oh, ow) == (1, 1) else "a coarse score map",
         }
     return Description(
-        "alexnet", None, (h, w), num_classes, batch, rows, optimizer, None, {}, None, classifier, reach
+        arch, None, (h, w), num_classes, batch, rows, optimizer, None, {}, None, classifier, reach, arch
     )
 
 
-def _describe_fcn(h: int, w: int, variant: str, num_classes: int, batch: int) -> Description:
+def _describe_fcn(h: int, w: int, variant: str, num_classes: int, batch: int, backbone: str) -> Description:
     from fcn_jax.models import FCN
 
-    plan = geometry.plan(h, w, variant)
+    plan = geometry.plan(h, w, variant, backbone)
     (top, bottom), (left, right) = plan.pads
-    b = _Builder(_param_shapes(FCN(num_classes, variant)))
+    b = _Builder(_param_shapes(FCN(num_classes, variant, backbone=backbone)), backbone)
     b.add("image", "input", "", "", _image(h, w))
     padded = _image(h + top + bottom, w + left + right, top, left)
     b.add(
@@ -457,13 +484,13 @@ def _describe_fcn(h: int, w: int, variant: str, num_classes: int, batch: int) ->
         padded,
         note=f"zeros: +{top}/{bottom} rows, +{left}/{right} cols",
     )
-    _backbone(b, "pad")
+    _backbone(b, "pad", backbone)
     score = b.conv("score_fr", "fc7", num_classes, "score", relu=False)
     stride, src = 32, "score_fr"
     while stride > geometry.output_stride(variant):
         stride //= 2
-        tap = geometry.SKIP_TAPS[stride]
-        up = b.upsample(f"upscore{stride}", src, 2)
+        tap = geometry.get_backbone(backbone).skip_taps[stride]
+        up = b.upsample(f"upscore{stride}", src, 2, plan.kernels[stride])
         skip = b.conv(f"score_{tap}", tap, num_classes, "score", relu=False)
         sh, sw = plan.height.skip_starts[tap], plan.width.skip_starts[tap]
         assert (sh, sw) == (skip.h.start_of(up.h), skip.w.start_of(up.w))
@@ -473,15 +500,16 @@ def _describe_fcn(h: int, w: int, variant: str, num_classes: int, batch: int) ->
         b.add(src, "crop + sum", f"upscore{stride}, score_{tap}", "", score, score.elements, 0, note)
     image = _image(h, w)
     oh, ow = plan.height.out_start, plan.width.out_start
-    full = score.h.upsampled(stride).size, score.w.upsampled(stride).size
+    full = score.h.upsampled(stride, plan.kernels[1]).size, score.w.upsampled(stride, plan.kernels[1]).size
     note = f"rows {oh}:{oh + h} of {full[0]}, cols {ow}:{ow + w} of {full[1]}"
-    b.upsample(f"upscore_final{stride}", src, stride, crop=(image.h, image.w), note=note)
+    b.upsample(f"upscore_final{stride}", src, stride, plan.kernels[1], crop=(image.h, image.w), note=note)
     rows, optimizer, reach = b.finish()
     classifier = {}
     for hh, ww in _sizes(h, w):
-        p = geometry.plan(hh, ww, variant)
+        p = geometry.plan(hh, ww, variant, backbone)
         coarse = [
-            geometry.trace(n + sum(a.pad), "fc7")["fc7"].size for n, a in ((hh, p.height), (ww, p.width))
+            geometry.trace(n + sum(a.pad), "fc7", backbone=backbone)["fc7"].size
+            for n, a in ((hh, p.height), (ww, p.width))
         ]
         classifier[f"{hh}x{ww}"] = {
             "layer": f"upscore_final{stride}",
@@ -505,6 +533,7 @@ def _describe_fcn(h: int, w: int, variant: str, num_classes: int, batch: int) ->
         (oh, ow),
         classifier,
         reach,
+        backbone,
     )
 
 
@@ -547,7 +576,10 @@ def format_table(d: Description) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * n for n in widths))
 
-    name = "AlexNet" if d.model == "alexnet" else f"FCN-{d.variant}"
+    if d.model == "fcn":
+        name = f"FCN-{d.variant}" + ("" if d.backbone == "alexnet" else f" on {CLASSIFIER_NAMES[d.backbone]}")
+    else:
+        name = CLASSIFIER_NAMES[d.model]
     title = f"{name}, {d.size[0]}x{d.size[1]} input, {d.num_classes} classes"
     foot = [
         "stride: image pixels per output cell. RF: receptive field, pixels per axis one cell reads",
@@ -561,7 +593,7 @@ def format_table(d: Description) -> str:
         crops = [f"score_{t} from ({s[0]}, {s[1]})" for t, s in d.skip_crops.items()]
         foot += [
             f"input padding: {top} top, {bottom} bottom, {left} left, {right} right",
-            "  (zeros: the least that puts a score cell on or beyond each image border)",
+            "  (zeros: the least that puts a point of every upsampled map on or beyond each image border)",
             "skip crops: " + (", ".join(crops) if crops else "none (FCN-32s fuses no skips)"),
             f"output crop: {d.rows[-1].name} from ({d.output_crop[0]}, {d.output_crop[1]})",
         ]

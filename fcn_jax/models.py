@@ -1,9 +1,11 @@
-"""AlexNet with a convolutionalised classifier, and FCN-32s/16s/8s on top of it.
+"""AlexNet and VGG16 with convolutionalised classifiers, and FCN-32s/16s/8s on top of either.
 
-Both are Flax Linen modules: pure functions of (params, images). Layer names
-are flat (conv1 ... fc7) and shared by the two models, so classifier weights
-transplant into the FCN by key. Window sizes, strides and paddings come from
-`fcn_jax.geometry`, which also derives the FCN's input padding and crops.
+All are Flax Linen modules: pure functions of (params, images). Layer names are
+flat (conv1 ... fc7 for AlexNet, conv1_1 ... conv5_3, fc6, fc7 for VGG16) and shared
+by a classifier and the FCN on its backbone, so classifier weights transplant into
+the FCN by key. Window sizes, strides and paddings come from the backbone's layer
+table in `fcn_jax.geometry`, which also derives the FCN's input padding, crops and
+upsampling kernels; the layers are built by walking that table (`features`).
 """
 
 from __future__ import annotations
@@ -25,17 +27,31 @@ Dtype = Any
 CHANNELS = {"conv1": 64, "conv2": 192, "conv3": 384, "conv4": 256, "conv5": 256, "fc6": 4096, "fc7": 4096}
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 POOLS = ("pool1", "pool2", "pool5")
+# Output channels of torchvision's VGG16: 64, 128, 256, 512, 512 per block.
+VGG16_CHANNELS = {
+    **{n: (64, 128, 256, 512, 512)[int(n[4]) - 1] for n in geometry.VGG16_LAYERS if n.startswith("conv")},
+    "fc6": 4096,
+    "fc7": 4096,
+}
+BACKBONE_CHANNELS = {"alexnet": CHANNELS, "vgg16": VGG16_CHANNELS}
 
 
 # Winograd tile (F(t x t, k x k)) of each stride-1 convolution on CPU in float32:
-# measured fastest there (benchmarks/PERF_NOTES.md); None keeps XLA's convolution.
-WINOGRAD_TILE = {"conv1": None, "conv2": 4, "conv3": 4, "conv4": 4, "conv5": 4}
+# measured fastest there (benchmarks/PERF_NOTES.md); None (or absent) keeps XLA's convolution.
+# VGG16's conv1_1 reads 3 channels, too few for Winograd's per-point matrix products to pay
+# for its transforms; its other layers train 1.3-2.1x faster with it (conv5 at small inputs:
+# even), though a forward pass alone is slower on the 64-channel and small maps
+# (docs/vgg16.md, benchmarks/winograd_layers.py).
+WINOGRAD_TILE = {
+    "alexnet": {"conv1": None, "conv2": 4, "conv3": 4, "conv4": 4, "conv5": 4},
+    "vgg16": {name: (None if name == "conv1_1" else 4) for name in VGG16_CHANNELS if name.startswith("conv")},
+}
 
 
-def _conv(name: str, features: int, dtype: Dtype, op_set: OpSet, **kwargs) -> nn.Module:
-    w = geometry.ALEXNET_LAYERS[name]
+def _conv(name: str, features: int, dtype: Dtype, op_set: OpSet, backbone: str, **kwargs) -> nn.Module:
+    w = geometry.get_backbone(backbone).layers[name]
     if w.stride == 1:
-        tile = WINOGRAD_TILE[name]
+        tile = WINOGRAD_TILE[backbone].get(name)
         return SameConv(features, w.kernel, w.padding, tile, op_set, dtype, name=name, **kwargs)
     return nn.Conv(
         features,
@@ -108,28 +124,36 @@ class Dropout(nn.Module):
         return self.op_set.apply_dropout(self.make_rng("dropout"), x, self.rate)
 
 
-def _dense(name: str, features: int, dtype: Dtype, op_set: OpSet, **kwargs) -> DenseConv:
+def _dense(
+    name: str, features: int, dtype: Dtype, op_set: OpSet, backbone: str = "alexnet", **kwargs
+) -> DenseConv:
     """fc6 / fc7 / fc8: the convolutionalised classifier layers (VALID, stride 1)."""
-    w = geometry.ALEXNET_LAYERS.get(name)
+    w = geometry.get_backbone(backbone).layers.get(name)
     kernel = (w.kernel, w.kernel) if w is not None else (1, 1)
     assert w is None or (w.stride, w.padding) == (1, 0), name
     return DenseConv(features, kernel, op_set, dtype=dtype, name=name, **kwargs)
 
 
-def _pool(x: jax.Array, name: str, op_set: OpSet) -> jax.Array:
-    w = geometry.ALEXNET_LAYERS[name]
+def _pool(x: jax.Array, name: str, op_set: OpSet, backbone: str) -> jax.Array:
+    w = geometry.get_backbone(backbone).layers[name]
     return op_set.apply_pool(x, w.kernel, w.stride)  # = nn.max_pool(..., padding="VALID")
 
 
-def alexnet_features(x: jax.Array, dtype: Dtype, op_set: OpSet, kernel_init=None) -> dict[str, jax.Array]:
-    """conv1 ... pool5 in the calling module's scope; returns the pooling outputs."""
+def features(
+    x: jax.Array, backbone: str, dtype: Dtype, op_set: OpSet, kernel_init=None
+) -> dict[str, jax.Array]:
+    """The backbone's convolutions (each followed by a ReLU) and pools up to pool5, in its
+    layer table's order, in the calling module's scope; returns the pooling outputs."""
     extra = {} if kernel_init is None else {"kernel_init": kernel_init}
+    channels = BACKBONE_CHANNELS[backbone]
     taps = {}
-    for conv, pool in zip(CONVS, ("pool1", "pool2", None, None, "pool5")):
-        x = nn.relu(_conv(conv, CHANNELS[conv], dtype, op_set, **extra)(x))
-        if pool is not None:
-            x = _pool(x, pool, op_set)
-            taps[pool] = x
+    for name in geometry.get_backbone(backbone).layers:
+        if name.startswith("fc"):
+            break
+        if name.startswith("pool"):
+            x = taps[name] = _pool(x, name, op_set, backbone)
+        else:
+            x = nn.relu(_conv(name, channels[name], dtype, op_set, backbone, **extra)(x))
     return taps
 
 
@@ -149,7 +173,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        x = alexnet_features(images.astype(self.dtype), self.dtype, self.ops)["pool5"]
+        x = features(images.astype(self.dtype), "alexnet", self.dtype, self.ops)["pool5"]
         # torchvision order: Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8.
         x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
         x = nn.relu(_dense("fc6", CHANNELS["fc6"], self.dtype, self.ops)(x))
@@ -159,12 +183,38 @@ class AlexNet(nn.Module):
         return x.astype(jnp.float32)
 
 
-def bilinear_init(factor: int):
-    """Kernel initialiser: per-class bilinear interpolation, no mixing across classes."""
+class VGG16(nn.Module):
+    """torchvision's VGG16 as a fully convolutional net.
+
+    On a 224x224 input it returns (N, 1, 1, num_classes), equal to the PyTorch
+    classifier's logits; on a larger input, a coarse score map (stride 32).
+    torchvision's AdaptiveAvgPool2d(7) is the identity at 224x224 and is left out, as
+    AlexNet's is.
+    """
+
+    num_classes: int = 1000
+    dropout_rate: float = 0.5
+    dtype: Dtype = jnp.float32
+    ops: OpSet = OpSet()
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        x = features(images.astype(self.dtype), "vgg16", self.dtype, self.ops)["pool5"]
+        # torchvision order: fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8.
+        for name in ("fc6", "fc7"):
+            x = nn.relu(_dense(name, VGG16_CHANNELS[name], self.dtype, self.ops, "vgg16")(x))
+            x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
+        x = _dense("fc8", self.num_classes, self.dtype, self.ops, "vgg16")(x)
+        return x.astype(jnp.float32)
+
+
+def bilinear_init(factor: int, size: int | None = None):
+    """Kernel initialiser: per-class bilinear interpolation (`size` taps: 2f-1, the
+    default, or 2f; `geometry.bilinear_kernel_1d`), no mixing across classes."""
 
     def init(key, shape, dtype=jnp.float32):
         del key
-        k = geometry.bilinear_kernel_1d(factor)
+        k = geometry.bilinear_kernel_1d(factor, size)
         kh, kw, cin, cout = shape
         if (kh, kw) != (k.size, k.size) or cin != cout:
             raise ValueError(f"bilinear kernel needs shape ({k.size}, {k.size}, C, C), got {shape}")
@@ -177,8 +227,10 @@ class Upsample(nn.Module):
     """Stride-`factor` transposed convolution, initialised to bilinear interpolation.
 
     Returns only the cells between the first and the last input cell
-    ((n - 1) * factor + 1 of them), where the interpolation has both neighbours;
-    `geometry.Grid.upsampled` describes the same grid. With `trainable=False` the
+    ((n - 1) * factor + 1 of them with the default 2f-1 taps, centred on the input cells;
+    (n - 1) * factor with `kernel_size` 2f, half a fine cell off them), where the
+    interpolation has both neighbours; `geometry.Grid.upsampled` describes the same
+    grid. With `trainable=False` the
     kernel is a constant, not a parameter. `crop=(start_h, start_w, size_h, size_w)`
     returns only that window of the result (and skips the work outside it).
 
@@ -190,15 +242,17 @@ class Upsample(nn.Module):
     trainable: bool = True
     dtype: Dtype = jnp.float32
     op_set: OpSet = OpSet()
+    kernel_size: int | None = None  # 2f-1 (None) or 2f: `geometry.upsampling_kernel`
 
     @nn.compact
     def __call__(self, x: jax.Array, crop: tuple[int, int, int, int] | None = None) -> jax.Array:
         f, channels = self.factor, x.shape[-1]
-        shape = (2 * f - 1, 2 * f - 1, channels, channels)
+        k = 2 * f - 1 if self.kernel_size is None else self.kernel_size
+        shape = (k, k, channels, channels)
         if self.trainable:
-            kernel = self.param("kernel", bilinear_init(f), shape, jnp.float32)
+            kernel = self.param("kernel", bilinear_init(f, k), shape, jnp.float32)
         else:
-            kernel = bilinear_init(f)(None, shape)
+            kernel = bilinear_init(f, k)(None, shape)
         # Scatter form out[f*i + t] += x[i] @ kernel[t], as PyTorch's ConvTranspose2d.
         return self.op_set.apply_upsample(x.astype(self.dtype), kernel.astype(self.dtype), f, crop)
 
@@ -208,7 +262,7 @@ def _crop(x: jax.Array, start_h: int, start_w: int, size_h: int, size_w: int) ->
 
 
 class FCN(nn.Module):
-    """FCN-AlexNet (Long, Shelhamer, Darrell): 32s, 16s or 8s.
+    """FCN-AlexNet or FCN-VGG16 (Long, Shelhamer, Darrell): 32s, 16s or 8s.
 
     `apply({"params": p}, images, train=False)` maps normalised images (N, H, W, 3)
     of any size to logits (N, H, W, num_classes), pixel-aligned with the input.
@@ -225,9 +279,11 @@ class FCN(nn.Module):
     # not bitwise independent of how a batch is split across devices for faster steps;
     # OpSet(conv="xla") keeps XLA's convolution.
     ops: OpSet = OpSet()
+    backbone: str = "alexnet"  # or "vgg16" (geometry.BACKBONES)
 
     def setup_check(self) -> None:
         geometry.check_variant(self.variant)
+        geometry.get_backbone(self.backbone)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
@@ -237,8 +293,8 @@ class FCN(nn.Module):
             self.num_classes, (1, 1), self.ops, self.dtype, kernel_init=zeros, bias_init=zeros, name=name
         )
 
-    def _upsample(self, factor: int, name: str) -> Upsample:
-        return Upsample(factor, self.trainable_upsampling, self.dtype, self.ops, name=name)
+    def _upsample(self, factor: int, kernel_size: int, name: str) -> Upsample:
+        return Upsample(factor, self.trainable_upsampling, self.dtype, self.ops, kernel_size, name=name)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -246,27 +302,29 @@ class FCN(nn.Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be (N, H, W, 3), got shape {images.shape}")
         n, h, w, _ = images.shape
-        plan = geometry.plan(h, w, self.variant)
+        plan = geometry.plan(h, w, self.variant, self.backbone)
         x = jnp.pad(images.astype(self.dtype), ((0, 0), plan.height.pad, plan.width.pad, (0, 0)))
 
-        taps = alexnet_features(x, self.dtype, self.ops)
+        taps = features(x, self.backbone, self.dtype, self.ops)
         for name, value in taps.items():  # for inspection: apply(..., mutable="intermediates")
             self.sow("intermediates", name, value)
         x = taps["pool5"]
+        channels = BACKBONE_CHANNELS[self.backbone]
         for name in ("fc6", "fc7"):
-            x = nn.relu(_dense(name, CHANNELS[name], self.dtype, self.ops)(x))
+            x = nn.relu(_dense(name, channels[name], self.dtype, self.ops, self.backbone)(x))
             x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
         score = self._score("score_fr")(x)
 
         stride = 32
+        skip_taps = geometry.get_backbone(self.backbone).skip_taps
         while stride > geometry.output_stride(self.variant):
             stride //= 2
-            tap = geometry.SKIP_TAPS[stride]
-            up = self._upsample(2, f"upscore{stride}")(score)
+            tap = skip_taps[stride]
+            up = self._upsample(2, plan.kernels[stride], f"upscore{stride}")(score)
             skip = self._score(f"score_{tap}")(taps[tap])
             skip = _crop(skip, plan.height.skip_starts[tap], plan.width.skip_starts[tap], *up.shape[1:3])
             score = up + skip
-        out = self._upsample(stride, f"upscore_final{stride}")(
+        out = self._upsample(stride, plan.kernels[1], f"upscore_final{stride}")(
             score, crop=(plan.height.out_start, plan.width.out_start, h, w)
         )
         return out.astype(jnp.float32)
@@ -290,9 +348,13 @@ class ModelSpec:
     trainable_upsampling: bool
     dtype: str
     ops: OpSet
+    # Absent from the model.json of runs (and config.json of pretrained folders) written
+    # before VGG16 existed: those are AlexNet FCNs.
+    backbone: str = "alexnet"
 
     def __post_init__(self):
         geometry.check_variant(self.variant)
+        geometry.get_backbone(self.backbone)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -312,6 +374,7 @@ class ModelSpec:
             trainable_upsampling=bool(m["trainable_upsampling"]),
             dtype=str(m["dtype"]),
             ops=OpSet(**dict(m["ops"])),
+            backbone=str(m["backbone"]),
         )
 
     def to_dict(self) -> dict:
@@ -319,7 +382,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        """The inverse of to_dict; unknown or missing keys are errors (KeyError/TypeError)."""
+        """The inverse of to_dict; unknown or missing keys are errors (KeyError/TypeError),
+        except `backbone`, which older records lack (alexnet)."""
         return cls(**{**d, "ops": OpSet(**d["ops"])})
 
     def build(self) -> FCN:
@@ -330,4 +394,5 @@ class ModelSpec:
             trainable_upsampling=self.trainable_upsampling,
             dtype=jnp.dtype(self.dtype),
             ops=self.ops,
+            backbone=self.backbone,
         )

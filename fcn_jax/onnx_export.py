@@ -18,18 +18,21 @@ Why a direct lowering rather than a converter: jax2onnx, the maintained JAX/Flax
 requires orbax-checkpoint < 0.11.37 (this project pins 0.12.8) and pulls equinox, dm-pix and
 netron in; converters also trace whatever formulation the model trained with (Winograd
 transforms, the sub-pixel upsampling GEMM), which would put those into the graph. The FCN is
-a dozen layers described by one table (`geometry.ALEXNET_LAYERS`, `models.CHANNELS`,
-`geometry.SKIP_TAPS`), so the graph is built from that table with `onnx.helper`, in the plain
-formulation (`ops.OpSet.reference()`, whatever ops the run trained with): Conv for conv1-conv5,
-fc6, fc7 and the score layers, MaxPool, Relu, ConvTranspose with the (2f-1) kernel for the
-upsampling, Slice for the crops the geometry derives, Add for the skip fusion, ArgMax. Runtimes
+a dozen or two layers described by one table (the backbone's in `geometry.BACKBONES`, its
+channels in `models.BACKBONE_CHANNELS`), so the graph is built from that table with
+`onnx.helper`, in the plain formulation (`ops.OpSet.reference()`, whatever ops the run trained
+with): Conv for the backbone's convolutions, fc6, fc7 and the score layers, MaxPool, Relu,
+ConvTranspose with the kernel the geometry chose (2f-1 or 2f taps) for the upsampling, Slice
+for the crops the geometry derives, Add for the skip fusion, ArgMax. Runtimes
 pick their own convolution algorithms for these standard ops. tests/test_deploy.py checks the
-graph against the Flax model (values within 1e-4 of the logits' scale) for all three variants.
+graph against the Flax model (values within 1e-4 of the logits' scale) for all three variants
+(and tests/test_vgg16.py for FCN-VGG16).
 
 Why H and W can be dynamic: the model pads its input by a fixed amount before the image and by
 the least amount after it that puts a stride-32 score cell on or beyond the border
 (`geometry.plan_axis`). For every side length n that after-padding is
-`stride * ceil((n - 1) / stride) + extra - n` with `extra` fixed by the layer table, and
+`stride * ceil((n - shift) / stride) + extra - n` with `shift` and `extra` fixed by the layer
+table (AlexNet: shift 1), and
 every crop (skip fusion and final) starts at an offset that does not depend on n. Both facts
 are derived from the geometry and verified at export (`dynamic_padding`) for every size of the
 first two stride periods and for common large sizes,
@@ -55,8 +58,6 @@ OUTPUTS = ("both", "labels", "logits")
 # Common large sides on which the in-graph padding formula is checked (besides every side of
 # the first two stride periods); not all sides: `geometry.plan_axis` costs ~10 ms a call.
 CHECKED_SIDES = (360, 480, 512, 720, 1024, 1080, 1280, 1920, 2048, 3840, 4096)
-CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
 
 
 def _require_onnx():
@@ -82,19 +83,28 @@ def normalization_constants() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def dynamic_padding(variant: str) -> tuple[int, int, int, dict[str, int], int]:
-    """(pad_before, stride, extra, skip_starts, out_start) such that for every side n the
-    model's plan is: pad (pad_before, stride * ceil((n - 1) / stride) + extra - n), the given
-    skip crops and final crop. Verified against `geometry.plan_axis` for every n of the first
-    two stride periods and for CHECKED_SIDES; ValueError if the geometry does not fit."""
-    first = geometry.plan_axis(1, variant)
-    stride = int(geometry.trace(1 << 12, "fc7")["fc7"].stride)
-    pad_before, extra = first.pad[0], first.pad[1] + 1  # at n = 1 the after-padding is extra - 1
+def dynamic_padding(
+    variant: str, backbone: str = "alexnet"
+) -> tuple[int, int, int, int, dict[str, int], int]:
+    """(pad_before, stride, shift, extra, skip_starts, out_start) such that for every side n
+    the model's plan is: pad (pad_before, stride * ceil((n - shift) / stride) + extra - n), the
+    given skip crops and final crop. shift is where the padded length first grows (AlexNet:
+    1, sides (32(k-1)+1, 32k+1] share it; VGG16: 0, 16 or 8 by variant, its even upsampling
+    kernels taking half a fine cell off each side). Verified against `geometry.plan_axis` for
+    every n of the first two stride periods and for CHECKED_SIDES; ValueError if the geometry
+    does not fit."""
+    first = geometry.plan_axis(1, variant, backbone)
+    stride = int(geometry.trace(1 << 12, "fc7", backbone=backbone)["fc7"].stride)
+    pad_before = first.pad[0]
+    total = lambda n: n + sum(geometry.plan_axis(n, variant, backbone).pad)
+    grows = next(n for n in range(2, stride + 2) if total(n) != total(n - 1))
+    shift = (grows - 1) % stride
+    after = lambda n, extra: stride * -(-(n - shift) // stride) + extra - n
+    extra = first.pad[1] - after(1, 0)
     for n in [*range(1, 2 * stride + 2), *CHECKED_SIDES]:
-        p = geometry.plan_axis(n, variant)
-        after = stride * -(-(n - 1) // stride) + extra - n
+        p = geometry.plan_axis(n, variant, backbone)
         if (
-            p.pad != (pad_before, after)
+            p.pad != (pad_before, after(n, extra))
             or p.skip_starts != first.skip_starts
             or p.out_start != first.out_start
         ):
@@ -102,7 +112,7 @@ def dynamic_padding(variant: str) -> tuple[int, int, int, dict[str, int], int]:
                 f"FCN-{variant}: the padding plan of side {n} does not fit the dynamic-size graph; "
                 "export with a fixed --height and --width"
             )
-    return pad_before, stride, extra, dict(first.skip_starts), first.out_start
+    return pad_before, stride, shift, extra, dict(first.skip_starts), first.out_start
 
 
 class _Graph:
@@ -136,8 +146,10 @@ def _kernel_oihw(kernel) -> np.ndarray:
     return np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)
 
 
-def _upsample_kernel(params: Mapping, name: str, factor: int, channels: int, trainable: bool) -> np.ndarray:
-    """The (2f-1)^2 scatter kernel (kh, kw, C, C) -> ConvTranspose's (C_in, C_out, kh, kw).
+def _upsample_kernel(
+    params: Mapping, name: str, factor: int, taps: int, channels: int, trainable: bool
+) -> np.ndarray:
+    """The taps^2 scatter kernel (kh, kw, C, C) -> ConvTranspose's (C_in, C_out, kh, kw).
 
     Flax's Upsample scatters out[f*i + t] += x[i] @ K[t], which is exactly ConvTranspose's
     definition (and PyTorch's), so the kernel is only transposed, not flipped. An untrainable
@@ -147,8 +159,7 @@ def _upsample_kernel(params: Mapping, name: str, factor: int, channels: int, tra
     else:
         from fcn_jax.models import bilinear_init
 
-        k = 2 * factor - 1
-        kernel = np.asarray(bilinear_init(factor)(None, (k, k, channels, channels)), np.float32)
+        kernel = np.asarray(bilinear_init(factor, taps)(None, (taps, taps, channels, channels)), np.float32)
     return kernel.transpose(2, 3, 0, 1)
 
 
@@ -176,7 +187,10 @@ def build_onnx(
     if (height is None) != (width is None):
         raise ValueError("fix both height and width, or neither")
     variant, c = model.variant, int(model.num_classes)
+    backbone = getattr(model, "backbone", "alexnet")
     geometry.check_variant(variant)
+    layers = geometry.get_backbone(backbone).layers
+    kernels = geometry.plan_axis(1, variant, backbone).kernels  # the same for every size
     params = {k: dict(v) for k, v in params.items()}
     g = _Graph(onnx)
     h = g.helper
@@ -188,7 +202,7 @@ def build_onnx(
     x = g.op("Add", [x, g.const("norm_offset", offset)], "normalized")
     x = g.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     if height is not None:
-        plan = geometry.plan(int(height), int(width), variant)
+        plan = geometry.plan(int(height), int(width), variant, backbone)
         (bh, ah), (bw, aw) = plan.pads
         pads = g.ints("pads", [0, 0, bh, bw, 0, 0, ah, aw])
         skip_starts = {
@@ -197,14 +211,14 @@ def build_onnx(
         out_start = (plan.height.out_start, plan.width.out_start)
         image_hw = g.ints("image_hw", [int(height), int(width)])
     else:
-        before, stride, extra, starts, start = dynamic_padding(variant)
+        before, stride, shift, extra, starts, start = dynamic_padding(variant, backbone)
         skip_starts = {t: (s, s) for t, s in starts.items()}
         out_start = (start, start)
         image_hw = g.op("Slice", [g.op("Shape", ["images"]), g.ints("k", [1]), g.ints("k", [3])], "image_hw")
-        # after = stride * ceil((n - 1) / stride) + extra - n; n >= 1, so Div truncating is floor.
-        cells = g.op(
-            "Div", [g.op("Add", [image_hw, g.ints("k", [stride - 2, stride - 2])]), g.ints("k", [stride])]
-        )
+        # after = stride * ceil((n - shift) / stride) + extra - n; n >= 1 > shift - stride, so
+        # Div (truncating) floors n - shift + stride - 1 >= 0.
+        up = stride - 1 - shift
+        cells = g.op("Div", [g.op("Add", [image_hw, g.ints("k", [up, up])]), g.ints("k", [stride])])
         after = g.op(
             "Sub",
             [g.op("Add", [g.op("Mul", [cells, g.ints("k", [stride])]), g.ints("k", [extra])]), image_hw],
@@ -212,10 +226,15 @@ def build_onnx(
         pads = g.op("Concat", [g.ints("k", [0, 0, before, before, 0, 0]), after], "pads", axis=0)
     x = g.op("Pad", [x, pads], "padded", mode="constant")
 
-    # -- AlexNet features, fc6, fc7 --------------------------------------------------------
+    # -- the backbone's convolutions and pools (its layer table), fc6, fc7 --------------------
     taps = {}
-    for name in CONVS:
-        w = geometry.ALEXNET_LAYERS[name]
+    for name, w in layers.items():
+        if name.startswith("fc"):
+            break
+        if name.startswith("pool"):
+            x = g.op("MaxPool", [x], name, kernel_shape=[w.kernel, w.kernel], strides=[w.stride, w.stride])
+            taps[name] = x
+            continue
         p = params[name]
         x = g.op(
             "Conv",
@@ -230,13 +249,6 @@ def build_onnx(
             pads=[w.padding] * 4,
         )
         x = g.op("Relu", [x], f"{name}_relu")
-        pool = POOL_AFTER.get(name)
-        if pool is not None:
-            pw = geometry.ALEXNET_LAYERS[pool]
-            x = g.op(
-                "MaxPool", [x], pool, kernel_shape=[pw.kernel, pw.kernel], strides=[pw.stride, pw.stride]
-            )
-            taps[pool] = x
 
     def conv1x1_or_dense(x: str, name: str) -> str:
         p = params[name]
@@ -256,15 +268,17 @@ def build_onnx(
         x = g.op("Relu", [conv1x1_or_dense(x, name)], f"{name}_relu")
     score = conv1x1_or_dense(x, "score_fr")
 
-    def upsample(x: str, name: str, factor: int) -> str:
-        kernel = _upsample_kernel(params, name, factor, c, bool(model.trainable_upsampling))
+    def upsample(x: str, name: str, factor: int, taps: int) -> str:
+        kernel = _upsample_kernel(params, name, factor, taps, c, bool(model.trainable_upsampling))
         return g.op(
             "ConvTranspose",
             [x, g.const(f"{name}.weight", kernel)],
             name,
-            kernel_shape=[2 * factor - 1] * 2,
+            kernel_shape=[taps] * 2,
             strides=[factor, factor],
-            pads=[factor - 1] * 4,  # keeps the (n-1)f+1 cells between the first and last input cell
+            # Keeps the cells between the first and last input cell: (n-1)f+1 with 2f-1 taps,
+            # (n-1)f with 2f (ops.upsample_reference).
+            pads=[taps - factor] * 4,
         )
 
     def crop(x: str, start: tuple[int, int], size: str, hint: str) -> str:
@@ -275,12 +289,12 @@ def build_onnx(
     stride = 32
     while stride > geometry.output_stride(variant):
         stride //= 2
-        tap = geometry.SKIP_TAPS[stride]
-        up = upsample(score, f"upscore{stride}", 2)
+        tap = geometry.get_backbone(backbone).skip_taps[stride]
+        up = upsample(score, f"upscore{stride}", 2, kernels[stride])
         skip = conv1x1_or_dense(taps[tap], f"score_{tap}")
         up_hw = g.op("Slice", [g.op("Shape", [up]), g.ints("k", [2]), g.ints("k", [4])], "up_hw")
         score = g.op("Add", [up, crop(skip, skip_starts[tap], up_hw, f"score_{tap}_crop")], f"fuse{stride}")
-    up = upsample(score, f"upscore_final{stride}", stride)
+    up = upsample(score, f"upscore_final{stride}", stride, kernels[1])
     logits_nchw = crop(up, out_start, image_hw, "logits_nchw")
 
     b = batch if batch is not None else "batch"
@@ -301,7 +315,7 @@ def build_onnx(
 
     graph = h.make_graph(
         g.nodes,
-        f"fcn_alexnet_{variant}",
+        f"fcn_{backbone}_{variant}",
         [h.make_tensor_value_info("images", TensorProto.UINT8, [b, hh, ww, 3])],
         outputs,
         initializer=g.initializers,
@@ -312,7 +326,7 @@ def build_onnx(
         ir_version=IR_VERSION,
         producer_name="fcn_jax",
         doc_string=(
-            f"FCN-AlexNet {variant}: uint8 RGB images (B, H, W, 3) in, normalised inside; "
+            f"FCN-{backbone} {variant}: uint8 RGB images (B, H, W, 3) in, normalised inside; "
             "labels int32 (B, H, W) and/or logits float32 (B, H, W, C) out"
         ),
     )
@@ -329,6 +343,7 @@ def metadata(model, meta) -> dict[str, str]:
     return {
         "format": "fcn_jax.onnx/1",
         "variant": str(model.variant),
+        "backbone": str(getattr(model, "backbone", "alexnet")),
         "num_classes": str(c),
         "class_names": json.dumps(list(meta.class_names) if meta is not None else [str(i) for i in range(c)]),
         "palette": json.dumps(np.asarray(meta.palette).tolist() if meta is not None else None),

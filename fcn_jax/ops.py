@@ -4,11 +4,12 @@ Each fast op computes the same function as its `*_reference` twin (same kernel
 layout, same result up to float rounding); tests/test_perf.py checks forward values
 and gradients against each other. Why each is faster, on XLA:CPU in particular:
 
-* `upsample`: a stride-f transposed convolution with a (2f-1)^2 kernel, as XLA
+* `upsample`: a stride-f transposed convolution with a (2f-1)^2 (or (2f)^2) kernel, as XLA
   lowers `lax.conv_transpose`, convolves the f-dilated input (mostly zeros) with the
   whole kernel: ~f^2 times the useful work (63x63 at f=32). Every output cell
   f*m + s lies between input cells m and m+1, and only two kernel taps per axis
-  reach it: out[f*m + s] = x[m] @ K[f-1+s] + x[m+1] @ K[s-1] (K[-1] = 0). So the
+  reach it: out[f*m + s] = x[m] @ K[f-1+s] + x[m+1] @ K[s-1] (K[-1] = 0; with 2f
+  taps, K[f+s] and K[s]). So the
   whole upsampling is ONE matrix product of the 2x2 neighbourhoods of x
   (4C values per cell) with a (4C, f*f*C) rearrangement of K, then depth-to-space.
 * `max_pool`: the gradient of `lax.reduce_window` max lowers to select-and-scatter
@@ -51,20 +52,36 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # -- upsampling ----------------------------------------------------------------------
 
 
+def _upsampled_span(n: int, factor: int, taps: int) -> tuple[int, int]:
+    """(first, count) of the transposed conv's output cells between the first and last of
+    n input cells: a 2f-1 kernel (centred on each input cell) keeps (n-1)*f+1 cells from
+    f-1, a 2f kernel (centred half a fine cell off) the (n-1)*f cells from f."""
+    f = factor
+    if taps not in (2 * f - 1, 2 * f):
+        raise ValueError(f"an upsampling kernel by {f} has {2 * f - 1} or {2 * f} taps, got {taps}")
+    return taps - f, (n - 1) * f + 2 * f - taps
+
+
 def upsample_reference(x: jax.Array, kernel: jax.Array, factor: int) -> jax.Array:
     """Transposed conv, scatter form out[f*i + t] += x[i] @ kernel[t] (PyTorch's
-    ConvTranspose2d), keeping the (n-1)*f+1 cells between the first and last input cell."""
+    ConvTranspose2d), keeping the cells between the first and last input cell
+    (`_upsampled_span`: (n-1)*f+1 for a 2f-1 kernel, (n-1)*f for a 2f kernel)."""
     f = factor
     y = lax.conv_transpose(x, kernel[::-1, ::-1], (f, f), "VALID", dimension_numbers=_NHWC)
-    h, w = x.shape[1:3]
-    return y[:, f - 1 : f - 1 + (h - 1) * f + 1, f - 1 : f - 1 + (w - 1) * f + 1]
+    (sh, nh), (sw, nw) = (_upsampled_span(n, f, k) for n, k in zip(x.shape[1:3], kernel.shape[:2]))
+    return y[:, sh : sh + nh, sw : sw + nw]
 
 
 def subpixel_kernel(kernel: jax.Array, factor: int) -> jax.Array:
-    """(2f-1, 2f-1, C, D) scatter kernel -> (2, 2, C, f, f, D) taps of the
-    2x2-neighbourhood form: taps[a, b, :, s, u] = K[f-1+s - a*f, f-1+u - b*f] (0 off the kernel)."""
+    """(2f-1 or 2f, same, C, D) scatter kernel -> (2, 2, C, f, f, D) taps of the
+    2x2-neighbourhood form. Output cell f*m + s (counted from the first kept cell) reads
+    x[m] through K[f-1+e+s] and x[m+1] through K[s-1+e], e = taps - (2f-1) (0 off the
+    kernel): taps[a, b, :, s, u] = K[f-1+e+s - a*f, f-1+e+u - b*f]."""
     f = factor
-    kp = jnp.pad(kernel, ((1, 0), (1, 0), (0, 0), (0, 0)))  # kp[t + 1] = K[t], kp[0] = 0
+    if kernel.shape[0] % 2:  # 2f-1 taps: kp[t + 1] = K[t], kp[0] = 0
+        kp = jnp.pad(kernel, ((1, 0), (1, 0), (0, 0), (0, 0)))
+    else:  # 2f taps: kp = K
+        kp = kernel
     c, d = kernel.shape[2:]
     kp = kp.reshape(2, f, 2, f, c, d)[::-1, :, ::-1]  # (a, s, b, u, C, D): kp[(1-a)*f + s]
     return kp.transpose(0, 2, 4, 1, 3, 5)
@@ -78,7 +95,7 @@ def upsample(
     f = factor
     n, h, w, c = x.shape
     d = kernel.shape[-1]
-    out_h, out_w = (h - 1) * f + 1, (w - 1) * f + 1
+    out_h, out_w = (_upsampled_span(m, f, k)[1] for m, k in zip((h, w), kernel.shape[:2]))
     sh, sw, size_h, size_w = crop if crop is not None else (0, 0, out_h, out_w)
     if not (0 <= sh and sh + size_h <= out_h and 0 <= sw and sw + size_w <= out_w):
         raise ValueError(f"crop {crop} outside the {out_h}x{out_w} upsampled map")

@@ -76,27 +76,27 @@ from fcn_jax import geometry
 
 
 @functools.lru_cache(maxsize=4096)
-def _axis_key(n: int, variant: str) -> tuple:
+def _axis_key(n: int, variant: str, backbone: str) -> tuple:
     """Everything of the model's padding plan that the computation depends on, except n."""
-    p = geometry.plan_axis(n, variant)
+    p = geometry.plan_axis(n, variant, backbone)
     return (n + p.pad[0] + p.pad[1], p.pad[0], tuple(sorted(p.skip_starts.items())), p.out_start)
 
 
 @functools.lru_cache(maxsize=4096)
-def bucket_length(n: int, variant: str = "8s") -> int:
+def bucket_length(n: int, variant: str = "8s", backbone: str = "alexnet") -> int:
     """The largest side length >= n that the model pads to the same tensor as n (see module doc)."""
     if n < 1:
         raise ValueError(f"image side must be >= 1 pixel, got {n}")
-    stride = int(geometry.trace(1 << 12, "fc7")["fc7"].stride)
+    stride = int(geometry.trace(1 << 12, "fc7", backbone=backbone)["fc7"].stride)
     candidate = 1 + stride * math.ceil((n - 1) / stride)
-    key = _axis_key(n, variant)
-    while candidate > n and _axis_key(candidate, variant) != key:  # never taken for AlexNet
+    key = _axis_key(n, variant, backbone)
+    while candidate > n and _axis_key(candidate, variant, backbone) != key:  # never for AlexNet
         candidate -= 1
     return candidate
 
 
-def bucket_shape(height: int, width: int, variant: str = "8s") -> tuple[int, int]:
-    return bucket_length(height, variant), bucket_length(width, variant)
+def bucket_shape(height: int, width: int, variant: str = "8s", backbone: str = "alexnet") -> tuple[int, int]:
+    return bucket_length(height, variant, backbone), bucket_length(width, variant, backbone)
 
 
 # -- input checks ---------------------------------------------------------------------------
@@ -349,7 +349,7 @@ class Segmenter:
         return jax.nn.softmax(logits, axis=-1)
 
     def bucket(self, height: int, width: int) -> tuple[int, int]:
-        return bucket_shape(height, width, self.model.variant)
+        return bucket_shape(height, width, self.model.variant, self.model.backbone)
 
     # -- public API -------------------------------------------------------------------
 

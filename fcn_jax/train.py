@@ -191,7 +191,8 @@ def _check_data(config: ml_collections.ConfigDict, meta) -> None:
 def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array) -> dict:
     """Fresh params, with whatever `config.init_from` provides transplanted in.
 
-    A converted AlexNet file must provide every layer that is transplanted (conv1-fc7);
+    A converted classifier file (`fcn-jax convert --arch` the model's backbone) must provide
+    every layer that is transplanted (`convert.transplanted`: conv1-fc7 for AlexNet);
     a run directory (an earlier stage, e.g. FCN-32s for FCN-16s) must provide at least
     those too, with the same shapes; every other layer of the same name and shape is
     copied as well. Anything less is a ConfigError naming what is missing.
@@ -204,24 +205,31 @@ def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array
     if not source:
         return params
     path = Path(source)
-    need = convert.TRANSPLANTED
-    if path.is_file():  # converted AlexNet weights
+    need = convert.transplanted(model.backbone)
+    arch = convert.ARCH_NAMES[model.backbone]
+    if path.is_file():  # converted classifier weights (fcn-jax convert --arch model.backbone)
         try:
-            alexnet = convert.load_params(path)
+            classifier = convert.load_params(path)
         except (OSError, ValueError) as e:
             raise config_lib.ConfigError(f"config.init_from = {source!r}: {e}") from None
         missing = [
-            f"{k} ({_shapes(alexnet.get(k))} vs {_shapes(params[k])})"
+            f"{k} ({_shapes(classifier.get(k))} vs {_shapes(params[k])})"
             for k in need
-            if _shapes(alexnet.get(k)) != _shapes(params[k])
+            if _shapes(classifier.get(k)) != _shapes(params[k])
         ]
         if missing:
             raise config_lib.ConfigError(
-                f"config.init_from = {source!r}: not AlexNet weights this FCN can use; "
+                f"config.init_from = {source!r}: not {arch} weights this FCN can use "
+                f"(config.model.backbone = {model.backbone!r}); "
                 f"missing or of another shape: {', '.join(missing)}"
             )
-        return convert.fcn_from_alexnet(
-            alexnet, model.num_classes, model.variant, rng, trainable_upsampling=model.trainable_upsampling
+        return convert.fcn_from_classifier(
+            classifier,
+            model.num_classes,
+            model.variant,
+            rng,
+            trainable_upsampling=model.trainable_upsampling,
+            backbone=model.backbone,
         )
     if path.is_dir():
         try:

@@ -392,7 +392,7 @@ def test_alexnet_command_shows_one_score_at_224_and_a_map_at_the_size(capsys):
         (["--size", "abc"], "--size must be HxW"),
         (["--size", "12x"], "--size must be HxW"),
         (["--variant", "4s"], "--variant must be one of 32s, 16s, 8s"),
-        (["--model", "vgg"], "--model must be one of alexnet, fcn"),
+        (["--model", "vgg"], "--model must be one of alexnet, vgg16, fcn"),
         (["--model", "alexnet", "--variant", "8s"], "--variant applies to --model fcn only"),
         (["--model", "alexnet", "--size", "100x300"], "AlexNet needs at least"),
         (["--num-classes", "0"], "--num-classes must be >= 1"),

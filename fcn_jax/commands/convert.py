@@ -1,4 +1,5 @@
-"""`fcn-jax convert ALEXNET.pth OUT`: torchvision AlexNet weights to Flax parameters.
+"""`fcn-jax convert [--arch alexnet|vgg16] MODEL.pth OUT`: torchvision AlexNet (the default)
+or VGG16 weights to Flax parameters.
 
 OUT ending in `.safetensors` is written as safetensors (keys "layer/name"), any other name as
 flax msgpack; `convert.load_params` and `--config.init_from` read either."""
@@ -9,13 +10,20 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "Convert torchvision AlexNet weights (.pth) to Flax parameters."
+HELP = "Convert torchvision AlexNet or VGG16 weights (.pth) to Flax parameters."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # A plain string, checked in run(): a bad value gets one clear line, not argparse's usage dump.
+    parser.add_argument(
+        "--arch",
+        default="alexnet",
+        help="the torchvision architecture of CHECKPOINT: alexnet (default) or vgg16; the FCN "
+        "trained from OUT needs --config.model.backbone set to the same",
+    )
     parser.add_argument(
         "checkpoint",
-        help="torchvision AlexNet state_dict (.pth), or a training checkpoint holding it under "
+        help="torchvision AlexNet or VGG16 state_dict (.pth), or a training checkpoint holding it under "
         "'state_dict', 'model_state_dict' or 'model'",
     )
     parser.add_argument(
@@ -33,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcn-jax convert: {msg}", file=sys.stderr)
         return 2
 
+    if args.arch not in convert.ARCHS:
+        return fail(f"--arch must be one of {', '.join(convert.ARCHS)}, got {args.arch!r}")
     out = Path(args.out)
     try:  # before the (slow) load, so a bad OUT fails at once
         if out.is_dir():
@@ -47,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, ImportError) as e:
         return fail(str(e))
     try:
-        params = convert.alexnet_from_torch(state_dict)
+        params = convert.from_torch(state_dict, args.arch)
     except ValueError as e:
         return fail(f"{args.checkpoint}: {e}")
     try:

@@ -1,5 +1,5 @@
-"""`fcn-jax describe [--model alexnet|fcn] [--variant 32s|16s|8s] [--size HxW] [--num-classes N]
-[--batch B] [--json]`.
+"""`fcn-jax describe [--model alexnet|vgg16|fcn] [--backbone alexnet|vgg16] [--variant 32s|16s|8s]
+[--size HxW] [--num-classes N] [--batch B] [--json]`.
 
 Prints the network layer by layer for one input size: kind, window, output size, output
 stride, receptive field, parameters and FLOPs, then the padding and crops the geometry
@@ -19,16 +19,19 @@ HELP = "Print the network layer by layer: sizes, receptive fields, parameters, F
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Plain strings, checked in run(): a bad value gets one clear line, not argparse's usage dump.
-    parser.add_argument("--model", default="fcn", help="alexnet or fcn (default fcn)")
+    parser.add_argument(
+        "--model", default="fcn", help="alexnet, vgg16 (the classifiers) or fcn (default fcn)"
+    )
+    parser.add_argument("--backbone", default=None, help="FCN only: alexnet (default) or vgg16")
     parser.add_argument("--variant", default=None, help="FCN only: 32s, 16s or 8s (default 32s)")
     parser.add_argument(
         "--size",
         default=None,
-        help="input HxW in pixels, or N for NxN (default: 224x224 for alexnet, the base config's "
+        help="input HxW in pixels, or N for NxN (default: 224x224 for the classifiers, the base config's "
         "training crop 360x480 for fcn)",
     )
     parser.add_argument(
-        "--num-classes", default=None, help="classes (default: 1000 for alexnet, CamVid's 11 for fcn)"
+        "--num-classes", default=None, help="classes (default: 1000 for the classifiers, CamVid's 11 for fcn)"
     )
     parser.add_argument(
         "--batch", default="1", help="images per step, for the activation memory and train FLOPs (default 1)"
@@ -75,10 +78,17 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(
                     f"--variant must be one of {', '.join(geometry.VARIANTS)}, got {args.variant!r}"
                 )
+        if args.backbone is not None:
+            if args.model != "fcn":
+                raise ValueError(f"--backbone applies to --model fcn only, not {args.model}")
+            if args.backbone not in geometry.BACKBONES:
+                raise ValueError(
+                    f"--backbone must be one of {', '.join(geometry.BACKBONES)}, got {args.backbone!r}"
+                )
         size = None if args.size is None else parse_size(args.size)
         classes = None if args.num_classes is None else _positive_int("--num-classes", args.num_classes)
         batch = _positive_int("--batch", args.batch)
-        d = describe.describe(args.model, size, args.variant, classes, batch)
+        d = describe.describe(args.model, size, args.variant, classes, batch, args.backbone)
     except ValueError as e:
         return fail(str(e))
     print(json.dumps(d.to_dict(), indent=1) if args.json else describe.format_table(d))
