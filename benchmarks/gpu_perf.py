@@ -34,6 +34,7 @@ bf16 FCN 2-3x slower and runs it slower still, and the smoke run checks the plum
                every gradient is real work. float32 MFU is against the same bf16 peaks.
                On a CPU every model here uses XLA's convolutions (ops.conv="xla"): the
                program a GPU runs (Winograd is CPU-only, and doubles a CPU compile).
+  step_vgg16_* the same for FCN-VGG16-8s at the ladder's first batch size.
   infer_*      bf16 FCN-8s inference, jitted model.apply + argmax at 360x480, batch 16.
   prepare      CamVid from --camvid prepared into the work directory (or --data as is).
   loop_device  fcn_jax.train.train_and_evaluate, FCN-8s bf16, batch 16, 360x480 crops,
@@ -198,6 +199,9 @@ def plan(sizes: Sizes, smoke: bool) -> list[Stage]:
         stages.append(Stage(f"step_{dt}_b{b}", "step", params, d(100 if i == 0 else 80, 240), d(40, 10)))
     b = sizes.f32_batch
     stages.append(Stage(f"step_f32_b{b}", "step", {"dtype": "float32", "batch": b}, d(80, 240), d(40, 10)))
+    b = sizes.batches[0]  # FCN-VGG16-8s (13x the FLOPs of AlexNet's per image) at the first rung
+    params = {"dtype": sizes.dtype, "batch": b, "backbone": "vgg16"}
+    stages.append(Stage(f"step_vgg16_{dt}_b{b}", "step", params, d(90, 240), d(40, 10)))
     b = sizes.infer_batch
     params = {"dtype": sizes.dtype, "batch": b}
     stages.append(Stage(f"infer_{dt}_b{b}", "infer", params, d(60, 240), d(25, 10)))
@@ -375,7 +379,9 @@ class TrainBench:
     uint8 images and labels (void included), so it times the step, not the input.
     """
 
-    def __init__(self, dtype: str, batch: int, height: int, width: int, seed: int = 0):
+    def __init__(
+        self, dtype: str, batch: int, height: int, width: int, seed: int = 0, backbone: str = "alexnet"
+    ):
         import jax
         import numpy as np
         from jax.sharding import NamedSharding
@@ -388,6 +394,7 @@ class TrainBench:
         self.jax = jax
         cfg = load_config(f"{FCN8S_CONFIG}:atonce")
         cfg.model.dtype = dtype
+        cfg.model.backbone = backbone
         _gpu_program(cfg)
         self.optimizer = cfg.optimizer.name
         self.model = ModelSpec.from_config(cfg.model, NUM_CLASSES).build()
@@ -474,8 +481,10 @@ def stage_matmul(spec: dict, result: dict, save) -> None:
 def stage_step(spec: dict, result: dict, save) -> None:
     result["device"] = _device_info()
     s, p = spec["sizes"], spec["stage"]["params"]
-    bench = TrainBench(p["dtype"], p["batch"], s["height"], s["width"])
-    result.update(variant="8s", dtype=p["dtype"], batch=p["batch"], height=s["height"], width=s["width"])
+    backbone = p.get("backbone", "alexnet")
+    bench = TrainBench(p["dtype"], p["batch"], s["height"], s["width"], backbone=backbone)
+    result.update(variant="8s", backbone=backbone, dtype=p["dtype"], batch=p["batch"])
+    result.update(height=s["height"], width=s["width"])
     result["optimizer"] = bench.optimizer
     # None: XLA's default (on NVIDIA GPUs float32 dots may run as TF32).
     result["default_matmul_precision"] = bench.jax.config.jax_default_matmul_precision
@@ -1113,6 +1122,7 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
             )
         elif kind in ("step", "infer") and _ok_number(r.get("images_per_s")):
             what = "train step" if kind == "step" else "inference (apply + argmax)"
+            what = f"FCN-VGG16 {what}" if r.get("backbone") == "vgg16" else what
             ms = r.get("step_ms", r.get("batch_ms"))
             add(f"{what} images/s (ms per batch of {r['batch']})", f"{r['images_per_s']:.1f} ({ms:.2f} ms)")
             add(

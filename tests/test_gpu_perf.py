@@ -51,7 +51,7 @@ def test_smoke_run_records_every_stage(tmp_path):
     kinds = [s["kind"] for s in stages.values()]
     for kind, n in {
         "matmul": 1,
-        "step": 2,  # the smoke ladder's one rung and the float32 step
+        "step": 3,  # the smoke ladder's one rung, the float32 step and FCN-VGG16's
         "infer": 1,
         "prepare": 1,
         "loop": 2,
