@@ -36,7 +36,9 @@ collect() {  # one archive per run (each file that comes back is limited to 16 M
   (cd "$WORK" && tar czf "$OUT/$1.tar.gz" --exclude=checkpoints --exclude=best --exclude=tensorboard "runs/$1" 2>/dev/null)
 }
 
-# train NAME LIMIT_S CONFIG [overrides...]: a NaN stop (exit 3) retries once at half the learning rate.
+# train NAME LIMIT_S CONFIG [overrides...]: a NaN stop (exit 3) retries once at half the
+# learning rate, resuming from the last checkpoint saved before the loss went non-finite
+# (a learning-rate change is a compatible change: nothing is deleted).
 train() {
   local name=$1 limit=$2 config=$3; shift 3
   (cd "$WORK" && timeout "$limit" python3 -m fcn_jax train --config "$REPO/experiments/$config" \
@@ -44,7 +46,6 @@ train() {
   local rc=$?
   if [ $rc -eq 3 ]; then
     stamp "$name: non-finite loss, retrying at half the learning rate"
-    rm -rf "$WORK/runs/$name"
     (cd "$WORK" && timeout "$limit" python3 -m fcn_jax train --config "$REPO/experiments/$config" \
         --workdir "runs/$name" --config.data.data_dir=$WORK/data --config.data.num_threads=16 \
         --config.optimizer.learning_rate=${LR_RETRY:-1e-4} "$@")
