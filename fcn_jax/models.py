@@ -39,9 +39,8 @@ BACKBONE_CHANNELS = {"alexnet": CHANNELS, "vgg16": VGG16_CHANNELS}
 # Winograd tile (F(t x t, k x k)) of each stride-1 convolution on CPU in float32:
 # measured fastest there (benchmarks/PERF_NOTES.md); None (or absent) keeps XLA's convolution.
 # VGG16's conv1_1 reads 3 channels, too few for Winograd's per-point matrix products to pay
-# for its transforms; its other layers train 1.3-2.1x faster with it (conv5 at small inputs:
-# even), though a forward pass alone is slower on the 64-channel and small maps
-# (docs/vgg16.md, benchmarks/winograd_layers.py).
+# for its transforms; its other layers train faster with it, though a forward pass alone is
+# slower on the 64-channel and small maps (numbers: docs/vgg16.md, benchmarks/winograd_layers.py).
 WINOGRAD_TILE = {
     "alexnet": {"conv1": None, "conv2": 4, "conv3": 4, "conv4": 4, "conv5": 4},
     "vgg16": {name: (None if name == "conv1_1" else 4) for name in VGG16_CHANNELS if name.startswith("conv")},
