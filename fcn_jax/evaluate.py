@@ -170,6 +170,11 @@ def image_record(file_name: str, confusion, class_names) -> dict:
     }
 
 
+def worst_images(images: list[dict], k: int) -> list[dict]:
+    """The k `image_record`s with the lowest mean IoU (images without labels left out)."""
+    return sorted((r for r in images if r.get("miou") is not None), key=lambda r: r["miou"])[:k]
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled_per_image(model, ignore_index: int, mesh: Mesh):
     """A global batch -> one (C, C) confusion matrix per example, gathered on every process."""

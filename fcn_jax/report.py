@@ -446,11 +446,6 @@ def _draw_predictions(seg, data_dir, split: str, count: int, out: Path) -> str:
     return png
 
 
-def worst_images(images: list[dict], k: int) -> list[dict]:
-    """The k per-image records with the lowest mean IoU (images without labels left out)."""
-    return sorted((r for r in images if r.get("miou") is not None), key=lambda r: r["miou"])[:k]
-
-
 def class_failures(images: list[dict], class_names: list[str]) -> list[tuple]:
     """Per class: (name, images holding it, mean IoU over them, the worst such image, its IoU),
     lowest mean first: the classes that fail, and where."""
@@ -488,6 +483,8 @@ def _worst_section(seg, data_dir, split: str, rec: dict, k: int, out: Path) -> l
     if not data_dir:
         raise FileNotFoundError("the run records no data directory; pass --data-dir")
     meta = check_split(data_dir, split)
+    from fcn_jax.evaluate import worst_images
+
     ranked = worst_images(rec["images"], k)
     if not ranked:
         raise ValueError(f"no image of {split} has a defined mean IoU")

@@ -118,10 +118,11 @@ def describe_inference(settings: dict) -> str:
 
 
 def worst_lines(images: list[dict], k: int) -> list[str]:
-    ranked = sorted((r for r in images if r.get("miou") is not None), key=lambda r: r["miou"])[:k]
+    from fcn_jax.evaluate import worst_images
+
     return [
         f"  {r['file_name']}  mean IoU {100 * r['miou']:.1f}  pixel accuracy {100 * r['pixel_accuracy']:.1f}"
-        for r in ranked
+        for r in worst_images(images, k)
     ]
 
 
