@@ -314,15 +314,26 @@ def test_transplanted_fcn_runs_the_torch_features_and_exports_to_onnx(torch_vgg1
     assert np.abs(ref - want).max() < 1e-5 * np.abs(want).max()
 
 
-def test_convert_command_takes_the_architecture(torch_vgg16, flax_params, tmp_path, capsys):
+def test_convert_command_takes_the_architecture(torch_vgg16, tmp_path, capsys):
+    """The file keeps VGG16's shapes, but each fully connected layer repeats one row (a
+    stride-0 view, which torch.save stores once): ~60 MB on disk instead of ~550, while
+    fc6's columns, whose order the conversion rearranges, all differ."""
+    state = torch_vgg16.state_dict()
+    for name in ("classifier.0.weight", "classifier.3.weight", "classifier.6.weight"):
+        state[name] = state[name][:1].clone().expand_as(state[name])
     pth = tmp_path / "vgg16.pth"
-    torch.save(torch_vgg16.state_dict(), pth)
+    torch.save(state, pth)
+    assert pth.stat().st_size < 100e6
+    want = convert.vgg16_from_torch(state)
     assert main(["convert", "--arch", "vgg16", str(pth), str(tmp_path / "v.safetensors")]) == 0
     digest = re.search(r"sha256 ([0-9a-f]{64})", capsys.readouterr().out).group(1)
     loaded = convert.load_params(tmp_path / "v.safetensors", sha256=digest)
-    assert loaded.keys() == flax_params.keys()
+    assert loaded.keys() == want.keys()
     assert loaded["fc6"]["kernel"].shape == (7, 7, 512, 4096)
-    assert np.array_equal(loaded["fc6"]["kernel"], flax_params["fc6"]["kernel"])
+    for layer in ("conv1_1", "conv5_3", "fc6", "fc7", "fc8"):
+        for k in ("kernel", "bias"):
+            assert np.array_equal(loaded[layer][k], want[layer][k]), (layer, k)
+    (tmp_path / "v.safetensors").unlink()
     # The default architecture is AlexNet: the VGG16 file is refused, listing what is wrong.
     assert main(["convert", str(pth), str(tmp_path / "a.msgpack")]) == 2
     err = capsys.readouterr().err
