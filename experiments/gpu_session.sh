@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared session on a lent GPU machine (no network there): install the carried
 # wheels, prepare the carried CamVid copy, benchmark, then train the CamVid recipe:
-# FCN-32s -> 16s -> 8s staged, and FCN-8s at once. Small results land in $OUT.
+# FCN-32s -> 16s -> 8s staged, and FCN-8s at once (HELDOUT=1: the same on train_seen,
+# selected on the held-out drive: experiments/camvid_gpu_heldout.py). Small results land in $OUT.
 #
 # Carried (git-ignored) beside the repo:
 #   .whl/           wheels missing on the GPU image (tfds, grain, ml_collections, ...)
@@ -56,11 +57,19 @@ train() {
   collect "$name"
 }
 
-train camvid_fcn32s "${T32:-150}" camvid_fcn32s.py ${EXTRA32:-}
-train camvid_fcn16s "${T16:-90}" camvid_fcn16s.py ${EXTRA16:-}
-train camvid_fcn8s "${T8:-90}" camvid_fcn8s.py ${EXTRA8:-}
-train camvid_fcn8s_atonce "${T8A:-120}" camvid_fcn8s.py:atonce ${EXTRA8A:-}
+if [ "${HELDOUT:-0}" = 1 ]; then  # the recipe on train_seen, selected on the held-out drive
+  train heldout_fcn32s "${T32:-150}" camvid_gpu_heldout.py:32s ${EXTRA32:-}
+  train heldout_fcn16s "${T16:-90}" camvid_gpu_heldout.py:16s ${EXTRA16:-}
+  train heldout_fcn8s "${T8:-90}" camvid_gpu_heldout.py:8s ${EXTRA8:-}
+  train heldout_fcn8s_atonce "${T8A:-120}" camvid_gpu_heldout.py:8s_atonce ${EXTRA8A:-}
+else
+  train camvid_fcn32s "${T32:-150}" camvid_fcn32s.py ${EXTRA32:-}
+  train camvid_fcn16s "${T16:-90}" camvid_fcn16s.py ${EXTRA16:-}
+  train camvid_fcn8s "${T8:-90}" camvid_fcn8s.py ${EXTRA8:-}
+  train camvid_fcn8s_atonce "${T8A:-120}" camvid_fcn8s.py:atonce ${EXTRA8A:-}
+fi
 for r in "$WORK"/runs/*/; do
-  echo "== $r"; grep '"split": "val"' "$r/metrics.jsonl" | tail -1 | cut -c1-400
+  echo "== $r"
+  for split in heldout val; do grep "\"split\": \"$split\"" "$r/metrics.jsonl" | tail -1 | cut -c1-400; done
 done
 stamp done

@@ -1,0 +1,78 @@
+"""Every experiment config loads and passes the checks `fcn-jax train` makes before its first
+step, in every mode its docstring names: a typo in a recipe meant for a lent GPU would
+otherwise be found only there."""
+
+from pathlib import Path
+
+import pytest
+
+from fcn_jax import config as config_lib
+from fcn_jax.data.camvid import HELDOUT, TRAIN_SEEN
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+MODES = {
+    "camvid_quickstart.py": [""],
+    "camvid_smoke.py": [""],
+    "camvid_fcn32s.py": [""],
+    "camvid_fcn16s.py": ["staged", "atonce"],
+    "camvid_fcn8s.py": ["staged", "atonce"],
+    "camvid_fcn32s_vgg16.py": [""],
+    "camvid_fcn16s_vgg16.py": [""],
+    "camvid_fcn8s_vgg16.py": [""],
+    "camvid_heldout.py": ["base", "jitter", "jitter_scale", "jitter_noweights", "jitter_8s"],
+    "camvid_cpu.py": ["heldout", "full"],
+    "camvid_gpu_heldout.py": ["32s", "16s", "8s", "8s_atonce"],
+}
+
+
+def _load(name: str, mode: str):
+    return config_lib.load_config(f"{EXPERIMENTS / name}:{mode}" if mode else str(EXPERIMENTS / name))
+
+
+def test_the_list_covers_every_config_file():
+    assert sorted(MODES) == sorted(p.name for p in EXPERIMENTS.glob("*.py"))
+
+
+@pytest.mark.parametrize("name,mode", [(n, m) for n, modes in MODES.items() for m in modes])
+def test_config_loads_and_passes_the_checks(name, mode, tmp_path, monkeypatch):
+    c = _load(name, mode)
+    if c.init_from:  # a staged config names the earlier stage's run, relative to where it runs
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / c.init_from).mkdir(parents=True)
+    config_lib.check(c)
+
+
+@pytest.mark.parametrize("name", ["camvid_heldout.py", "camvid_cpu.py", "camvid_gpu_heldout.py"])
+def test_an_unknown_mode_is_refused(name):
+    with pytest.raises(ValueError, match="nonsense"):
+        _load(name, "nonsense")
+
+
+def test_the_gpu_heldout_recipe_is_the_standard_one_on_the_heldout_drive():
+    """Each stage differs from the standard recipe's stage only in the splits, the start and
+    the augmentation the CPU screening chose; the staged chain starts from its own runs."""
+    standard = {
+        "32s": _load("camvid_fcn32s.py", ""),
+        "16s": _load("camvid_fcn16s.py", "staged"),
+        "8s": _load("camvid_fcn8s.py", "staged"),
+        "8s_atonce": _load("camvid_fcn8s.py", "atonce"),
+    }
+    starts = {"32s": "", "16s": "runs/heldout_fcn32s", "8s": "runs/heldout_fcn16s", "8s_atonce": ""}
+    jitter = _load("camvid_heldout.py", "jitter").data.color_jitter
+    for stage, base in standard.items():
+        c = _load("camvid_gpu_heldout.py", stage)
+        assert (c.data.train_split, c.data.eval_split, tuple(c.data.extra_eval_splits)) == (
+            TRAIN_SEEN,
+            HELDOUT,
+            ("val",),
+        )
+        assert c.init_from == starts[stage]
+        assert tuple(c.data.color_jitter) == tuple(jitter) and any(jitter)
+        assert tuple(c.data.scale_range) == (0.5, 1.5)
+        changed = {"data", "init_from"}
+        assert {k: v for k, v in c.to_dict().items() if k not in changed} == {
+            k: v for k, v in base.to_dict().items() if k not in changed
+        }
+        same_data = ("crop_size", "flip", "name", "cache")
+        assert {k: c.data[k] for k in same_data} == {k: base.data[k] for k in same_data}
