@@ -1,8 +1,10 @@
 """The full-resolution CamVid recipe, chosen and reported on a drive never seen in training:
 for a GPU. Each stage is the stage of experiments/camvid_fcn{32s,16s,8s}.py (360x480 crops,
 batch 16, AdamW, cosine) trained on `train_seen` and selected on `heldout` (drive 0006R0),
-with val reported beside it, plus what the CPU screening chose (docs/experiments.md): colour
-jitter and a wider scale range, here 0.5-1.5 around the evaluation's full size. Not yet
+with val reported beside it, plus the augmentation the CPU screening chose (docs/experiments.md):
+colour jitter and a wider scale range, here 0.5-1.5 around the evaluation's full size. It keeps
+the standard recipe's class weights: the CPU recipe's plain cross-entropy gave up four thin
+classes, and `--config.loss.class_weighting=none` makes that the second run to try. Not yet
 measured at full resolution.
 
   fcn-jax train --config experiments/camvid_gpu_heldout.py:32s --workdir runs/heldout_fcn32s
