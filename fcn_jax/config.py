@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.clip_grad_norm = 0.0  # 0: no clipping
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.class_weighting = "median_frequency"  # none | median_frequency
+    c.loss.class_weighting = "median_frequency"  # none | median_frequency | sqrt_median_frequency
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # batches (micro-steps when accumulating)
@@ -178,6 +178,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Every value that can be checked without the data or the devices, before anything
     runs: a typo found at the first evaluation would cost everything trained until then.
     Raises ConfigError listing every bad key."""
+    from fcn_jax.data.stats import WEIGHTINGS
     from fcn_jax.models import ModelSpec
 
     c, errors = config, []
@@ -216,9 +217,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     for name in ("momentum", "b1", "b2"):
         need(_non_negative(o[name]) and o[name] < 1, f"optimizer.{name}", "must be in [0, 1)")
     need(
-        c.loss.class_weighting in ("none", "median_frequency"),
+        c.loss.class_weighting in WEIGHTINGS,
         "loss.class_weighting",
-        "must be none or median_frequency",
+        f"must be one of {', '.join(WEIGHTINGS)}",
     )
     crop = c.data.crop_size
     need(

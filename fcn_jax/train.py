@@ -446,9 +446,8 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
                 print(f"  {line}", flush=True)
     _sync("fcn_jax_records")
 
-    class_weights = (
-        data.class_weights(data_dir) if config.loss.class_weighting == "median_frequency" else None
-    )
+    # From the split it trains on: a held-out drive's class frequencies stay unseen too.
+    class_weights = data.class_weights(data_dir, config.data.train_split, config.loss.class_weighting)
     loader = make_loader(config, data_dir, mesh)
     on_device = loader.path == device_data.PATH
     train_step, _ = training.compile_steps(

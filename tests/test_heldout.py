@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import require_camvid
 from training_helpers import run, train_cmd
@@ -44,6 +45,22 @@ def test_prepare_writes_the_heldout_drive_splits(two_drives, tmp_path):
     assert set(data.load_meta(plain).splits) == {"train", "val"}
     with pytest.raises(data.DataError, match="no train frame comes from drive 'XXXXXX'"):
         camvid.with_heldout_drive(camvid.camvid_samples(src), "XXXXXX")
+
+
+def test_class_weights_come_from_the_split_trained_on(two_drives):
+    """Training on `train_seen` weighs classes by `train_seen`'s frequencies: the held-out
+    drive's pixels must not shape the loss either."""
+    seen = data.class_weights(two_drives, "train_seen")
+    assert not np.allclose(seen, data.class_weights(two_drives, "train"))
+    s = data.class_stats(two_drives, "train_seen")
+    np.testing.assert_array_equal(
+        seen, data.median_frequency_weights(s["pixels"], s["labelled_pixels_of_images_with_class"])
+    )
+    # The milder weighting is the square root: a class 100x rarer weighs 10x, not 100x.
+    milder = data.class_weights(two_drives, "train_seen", "sqrt_median_frequency")
+    np.testing.assert_allclose(milder, np.sqrt(seen), rtol=1e-6)
+    assert milder.dtype == np.float32 and np.ptp(milder) < np.ptp(seen)
+    assert data.class_weights(two_drives, "train_seen", "none") is None
 
 
 def test_training_selects_on_the_heldout_drive_and_reports_val_beside(two_drives, tmp_path, capsys):

@@ -177,6 +177,7 @@ def test_ctrl_c_saves_and_the_resumed_run_is_bitwise_equal(reference_run_host, c
         ("--config.model.ops.conv=fast", "ops.conv must be one of winograd, xla"),
         ("--config.optimizer.schedule=linear", "config.optimizer.schedule = 'linear'"),
         ("--config.train.batch_size=9", "more than the 8 examples"),
+        ("--config.loss.class_weighting=sqrt", "class_weighting = 'sqrt': must be one of none, median_"),
     ],
 )
 def test_bad_config_values_are_refused_before_training(camvid_small, tmp_path, capsys, override, message):

@@ -8,6 +8,9 @@ Median-frequency balancing (Eigen & Fergus 2015, as used by SegNet on CamVid):
     freq(c)   = pixels of class c / labelled pixels of the images in which c occurs
     weight(c) = median over present classes of freq / freq(c)
 Ignored (void) pixels count nowhere; a class with no pixels gets weight 0.
+
+`loss.class_weighting` names a power of these weights (`WEIGHTINGS`): 1 is SegNet's balancing,
+0.5 a milder one (the square root: a class 100x rarer weighs 10x, not 100x), 0 none.
 """
 
 from __future__ import annotations
@@ -80,7 +83,15 @@ def median_frequency_weights(pixels, present_pixels) -> np.ndarray:
     return weights
 
 
-def class_weights(data_dir, split: str = "train") -> np.ndarray:
-    """Median-frequency balancing weights (float32, shape (num_classes,))."""
+WEIGHTINGS = {"none": 0.0, "median_frequency": 1.0, "sqrt_median_frequency": 0.5}
+
+
+def class_weights(data_dir, split: str = "train", weighting: str = "median_frequency") -> np.ndarray | None:
+    """`weighting`'s power of the median-frequency weights of `split` (float32, shape
+    (num_classes,)); None for "none", which the loss reads as an unweighted mean."""
+    power = WEIGHTINGS[weighting]
+    if power == 0:
+        return None
     s = class_stats(data_dir, split)
-    return median_frequency_weights(s["pixels"], s["labelled_pixels_of_images_with_class"])
+    w = median_frequency_weights(s["pixels"], s["labelled_pixels_of_images_with_class"])
+    return w if power == 1 else (w**power).astype(np.float32)
