@@ -21,7 +21,7 @@ MODES = {
     "camvid_fcn16s_vgg16.py": [""],
     "camvid_fcn8s_vgg16.py": [""],
     "camvid_heldout.py": ["base", "jitter", "jitter_scale", "jitter_noweights", "jitter_8s"],
-    "camvid_cpu.py": ["heldout", "full"],
+    "camvid_cpu.py": ["", "full", "heldout"],
     "camvid_gpu_heldout.py": ["32s", "16s", "8s", "8s_atonce"],
 }
 
@@ -76,3 +76,21 @@ def test_the_gpu_heldout_recipe_is_the_standard_one_on_the_heldout_drive():
         }
         same_data = ("crop_size", "flip", "name", "cache")
         assert {k: c.data[k] for k in same_data} == {k: base.data[k] for k in same_data}
+
+
+def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one():
+    """The default is the model to use (all three drives); `heldout` is the same recipe on two
+    drives, selected on the third, which is how it was chosen."""
+    default, full, heldout = (_load("camvid_cpu.py", m) for m in ("", "full", "heldout"))
+    assert default.to_dict() == full.to_dict()
+    assert (full.data.train_split, full.data.eval_split, tuple(full.data.extra_eval_splits)) == (
+        "train",
+        "val",
+        (),
+    )
+    assert (heldout.data.train_split, heldout.data.eval_split) == (TRAIN_SEEN, HELDOUT)
+    splits = ("train_split", "eval_split", "extra_eval_splits")
+    for c in (full, heldout):
+        for k in splits:
+            del c.data[k]
+    assert full.to_dict() == heldout.to_dict()
