@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.class_weighting = "median_frequency"  # none | median_frequency | sqrt_median_frequency
+    c.loss.focal_gamma = 0.0  # > 0: focal cross-entropy, (1 - p)^gamma per pixel
+    c.loss.lovasz_weight = 0.0  # > 0: + this times the Lovasz-softmax (an IoU surrogate)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # batches (micro-steps when accumulating)
@@ -221,6 +223,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         "loss.class_weighting",
         f"must be one of {', '.join(WEIGHTINGS)}",
     )
+    for name in ("focal_gamma", "lovasz_weight"):
+        need(_non_negative(c.loss[name]), f"loss.{name}", "must be a finite number >= 0")
     crop = c.data.crop_size
     need(
         crop is None or (isinstance(crop, tuple) and len(crop) == 2 and all(_positive_int(v) for v in crop)),

@@ -451,7 +451,14 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
     loader = make_loader(config, data_dir, mesh)
     on_device = loader.path == device_data.PATH
     train_step, _ = training.compile_steps(
-        mesh, model, tx, meta.ignore_index, class_weights, device_data=loader.aug if on_device else None
+        mesh,
+        model,
+        tx,
+        meta.ignore_index,
+        class_weights,
+        device_data=loader.aug if on_device else None,
+        focal_gamma=config.loss.focal_gamma,
+        lovasz_weight=config.loss.lovasz_weight,
     )
     store = run_lib.CheckpointStore(run, keep=config.train.keep_checkpoints)
     restored = store.restore_latest(abstract)

@@ -93,14 +93,20 @@ def make_optimizer(cfg: Mapping, decay_steps: int) -> tuple[optax.GradientTransf
 
 
 def pixel_loss(
-    logits: jax.Array, labels: jax.Array, ignore_index: int, class_weights: jax.Array | None = None
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_index: int,
+    class_weights: jax.Array | None = None,
+    focal_gamma: float = 0.0,
 ) -> jax.Array:
     """Per-pixel softmax cross-entropy, averaged over labelled pixels.
 
     Pixels labelled `ignore_index` (or any value outside 0..C-1) count for nothing.
     With class weights the mean is weighted (sum w*ce / sum w), as PyTorch's
     CrossEntropyLoss(weight=...) does, so the learning rate does not depend on
-    how many pixels an image has.
+    how many pixels an image has. `focal_gamma` > 0 scales each pixel's term by
+    (1 - p)^gamma, p its label's probability (Lin et al., focal loss): pixels already
+    right (most of road and sky) weigh less, without a fixed weight per class.
     """
     num_classes = logits.shape[-1]
     labels = labels.astype(jnp.int32)  # uint8 on the wire
@@ -110,7 +116,54 @@ def pixel_loss(
     w = valid.astype(jnp.float32)
     if class_weights is not None:
         w = w * jnp.asarray(class_weights, jnp.float32)[safe]
+    if focal_gamma:
+        ce = ce * (-jnp.expm1(-ce)) ** focal_gamma  # 1 - p = 1 - exp(-ce)
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-6)
+
+
+def lovasz_softmax(logits: jax.Array, labels: jax.Array, ignore_index: int) -> jax.Array:
+    """Lovasz-softmax (Berman, Rannen Triki, Blaschko 2018): the mean over the classes present
+    in the batch of a convex surrogate of 1 - IoU, which is exact on hard predictions.
+
+    Cross-entropy rewards pixels, so a class of few pixels costs little to give up; this
+    rewards IoU per class, the metric, so a thin class counts as much as road. Per class c,
+    pixel errors |[label = c] - p_c| are sorted in decreasing order and weighted by how much
+    each one adds to the Jaccard loss of the errors before it. Ignored pixels have error 0
+    and sort last, where they add nothing.
+    """
+    num_classes = logits.shape[-1]
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(-1, num_classes)
+    labels = labels.astype(jnp.int32).reshape(-1)
+    valid = ((labels != ignore_index) & (labels >= 0) & (labels < num_classes)).astype(jnp.float32)
+    fg = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * valid[:, None]  # (N, C)
+    errors = jnp.abs(fg - probs) * valid[:, None]
+    order = jax.lax.stop_gradient(jnp.argsort(-errors, axis=0))
+    errors = jnp.take_along_axis(errors, order, axis=0)
+    fg = jnp.take_along_axis(fg, order, axis=0)
+    gts = fg.sum(axis=0)
+    intersection = gts - jnp.cumsum(fg, axis=0)
+    union = gts + jnp.cumsum(1.0 - fg, axis=0)
+    jaccard = 1.0 - intersection / union
+    grad = jnp.concatenate([jaccard[:1], jnp.diff(jaccard, axis=0)], axis=0)
+    per_class = jnp.sum(errors * grad, axis=0)
+    present = gts > 0
+    return jnp.sum(jnp.where(present, per_class, 0.0)) / jnp.maximum(present.sum(), 1)
+
+
+def segmentation_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_index: int,
+    class_weights: jax.Array | None = None,
+    focal_gamma: float = 0.0,
+    lovasz_weight: float = 0.0,
+) -> jax.Array:
+    """What the train step minimises (config `loss`): `pixel_loss`, plus `lovasz_weight`
+    times `lovasz_softmax` when it is > 0."""
+    loss = pixel_loss(logits, labels, ignore_index, class_weights, focal_gamma)
+    if lovasz_weight:
+        loss = loss + lovasz_weight * lovasz_softmax(logits, labels, ignore_index)
+    return loss
 
 
 # -- steps ----------------------------------------------------------------------
@@ -147,6 +200,8 @@ def train_step(
     tx: optax.GradientTransformation,
     ignore_index: int,
     class_weights: jax.Array | None = None,
+    focal_gamma: float = 0.0,
+    lovasz_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(state.rng, state.step)
 
@@ -154,7 +209,9 @@ def train_step(
         logits = model.apply(
             {"params": params}, model_inputs(batch["image"]), train=True, rngs={"dropout": rng}
         )
-        return pixel_loss(logits, batch["label"], ignore_index, class_weights)
+        return segmentation_loss(
+            logits, batch["label"], ignore_index, class_weights, focal_gamma, lovasz_weight
+        )
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -247,6 +304,8 @@ def compile_steps(
     ignore_index: int,
     class_weights=None,
     device_data=None,
+    focal_gamma: float = 0.0,
+    lovasz_weight: float = 0.0,
 ) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated.
 
@@ -257,7 +316,15 @@ def compile_steps(
     """
     replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
     cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
-    step = functools.partial(train_step, model=model, tx=tx, ignore_index=ignore_index, class_weights=cw)
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        ignore_index=ignore_index,
+        class_weights=cw,
+        focal_gamma=float(focal_gamma),
+        lovasz_weight=float(lovasz_weight),
+    )
     if device_data is None:
         train = jax.jit(
             step, in_shardings=(replicated, batched), out_shardings=(replicated, replicated), donate_argnums=0
