@@ -92,6 +92,13 @@ def make_optimizer(cfg: Mapping, decay_steps: int) -> tuple[optax.GradientTransf
 # -- loss -----------------------------------------------------------------------
 
 
+def _labelled(labels: jax.Array, ignore_index: int, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """(int32 labels, mask of the pixels that count): `ignore_index`, or any value outside
+    0..C-1, counts for nothing."""
+    labels = labels.astype(jnp.int32)  # uint8 on the wire
+    return labels, (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+
+
 def pixel_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -108,9 +115,7 @@ def pixel_loss(
     (1 - p)^gamma, p its label's probability (Lin et al., focal loss): pixels already
     right (most of road and sky) weigh less, without a fixed weight per class.
     """
-    num_classes = logits.shape[-1]
-    labels = labels.astype(jnp.int32)  # uint8 on the wire
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    labels, valid = _labelled(labels, ignore_index, logits.shape[-1])
     safe = jnp.where(valid, labels, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
     w = valid.astype(jnp.float32)
@@ -133,8 +138,8 @@ def lovasz_softmax(logits: jax.Array, labels: jax.Array, ignore_index: int) -> j
     """
     num_classes = logits.shape[-1]
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(-1, num_classes)
-    labels = labels.astype(jnp.int32).reshape(-1)
-    valid = ((labels != ignore_index) & (labels >= 0) & (labels < num_classes)).astype(jnp.float32)
+    labels, valid = _labelled(labels.reshape(-1), ignore_index, num_classes)
+    valid = valid.astype(jnp.float32)
     fg = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * valid[:, None]  # (N, C)
     errors = jnp.abs(fg - probs) * valid[:, None]
     order = jax.lax.stop_gradient(jnp.argsort(-errors, axis=0))
