@@ -122,7 +122,9 @@ def pixel_loss(
     if class_weights is not None:
         w = w * jnp.asarray(class_weights, jnp.float32)[safe]
     if focal_gamma:
-        ce = ce * (-jnp.expm1(-ce)) ** focal_gamma  # 1 - p = 1 - exp(-ce)
+        # 1 - p = 1 - exp(-ce), floored: at p = 1 (a saturated logit) x**gamma for gamma < 1
+        # has an infinite derivative, and inf * 0 would make the whole gradient NaN.
+        ce = ce * jnp.maximum(-jnp.expm1(-ce), 1e-12) ** focal_gamma
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-6)
 
 

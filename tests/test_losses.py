@@ -51,6 +51,18 @@ def test_focal_weighs_pixels_already_right_less():
     assert 0 < float(focal) < float(plain)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_gradient_is_finite_where_a_pixel_is_already_certain(gamma):
+    logits, labels = _batch(2)
+    labels[0, 0, 0] = 3
+    certain = logits.copy()
+    certain[0, 0, 0] = 0.0
+    certain[0, 0, 0, 3] = 200.0  # p = 1 in float32: cross-entropy exactly 0
+    loss = lambda x: training.pixel_loss(x, jnp.asarray(labels), IGNORE, None, gamma)
+    g = jax.grad(loss)(jnp.asarray(certain))
+    assert np.isfinite(np.asarray(g)).all()
+
+
 def _miou_present(pred, labels):
     valid = labels != IGNORE
     ious = []
