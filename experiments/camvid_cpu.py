@@ -7,10 +7,10 @@ docs/experiments.md).
 
 `camvid_heldout.py:jitter_scale` (colour jitter, 128x160 crops of frames scaled 0.3-0.9,
 AdamW, cosine) with two changes, each measured on the held-out drive at 3500 steps: plain
-cross-entropy (median-frequency class weights scored lower: the large classes gain and the
-thin ones, pole, sign, pedestrian, bicyclist, are lost), then FCN-8s trained at once instead
-of FCN-32s (the skips from pool3 and pool4 give finer boundaries; higher on the held-out
-drive, most of all for cars).
+cross-entropy instead of median-frequency class weights (higher: the large classes gain,
+and the thin ones, pole, sign, pedestrian, bicyclist, are lost), then FCN-8s trained at
+once instead of FCN-32s (the skips from pool4 and pool3 add finer features to the coarse
+score map; higher, most of all for cars).
 
 Two modes, one recipe:
 - `full` (the default) trains on all 367 train images, three drives, and reports val. It is
