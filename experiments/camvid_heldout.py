@@ -32,7 +32,7 @@ def get_config(variant: str = "base"):
         c.data.scale_range = (0.3, 0.9)
     elif variant == "jitter_noweights":  # plain cross-entropy instead of median-frequency weights
         c.loss.class_weighting = "none"
-    elif variant == "jitter_8s":  # skips at once: finer boundaries for thin classes
+    elif variant == "jitter_8s":  # FCN-8s at once; measured at 3500 steps (camvid_cpu.py), not 1500
         c.model.variant = "8s"
     else:
         raise ValueError(f"unknown variant {variant!r}: see the module doc")
