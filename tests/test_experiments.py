@@ -22,6 +22,7 @@ MODES = {
     "camvid_fcn8s_vgg16.py": [""],
     "camvid_heldout.py": ["base", "jitter", "jitter_scale", "jitter_noweights", "jitter_8s"],
     "camvid_cpu.py": ["", "full", "heldout"],
+    "camvid_cpu_staged.py": ["32s", "16s", "8s"],
     "camvid_gpu_heldout.py": ["32s", "16s", "8s", "8s_atonce"],
 }
 
@@ -43,7 +44,9 @@ def test_config_loads_and_passes_the_checks(name, mode, tmp_path, monkeypatch):
     config_lib.check(c)
 
 
-@pytest.mark.parametrize("name", ["camvid_heldout.py", "camvid_cpu.py", "camvid_gpu_heldout.py"])
+@pytest.mark.parametrize(
+    "name", ["camvid_heldout.py", "camvid_cpu.py", "camvid_cpu_staged.py", "camvid_gpu_heldout.py"]
+)
 def test_an_unknown_mode_is_refused(name):
     with pytest.raises(ValueError, match="nonsense"):
         _load(name, "nonsense")
@@ -94,3 +97,26 @@ def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one()
         for k in splits:
             del c.data[k]
     assert full.to_dict() == heldout.to_dict()
+
+
+def _without(c, keys: tuple[str, ...]) -> dict:
+    d = c.to_dict()
+    for key in keys:
+        section, _, name = key.partition(".")
+        d[section].pop(name) if name else d.pop(section)
+    return d
+
+
+def test_the_staged_cpu_recipe_differs_from_the_cpu_recipe_only_in_its_stages():
+    """Staged against at once is a fair comparison only if the stages together train as many
+    steps as the at-once recipe, on the same data and loss, each from the one before."""
+    recipe = _load("camvid_cpu.py", "heldout")
+    stages = {s: _load("camvid_cpu_staged.py", s) for s in ("32s", "16s", "8s")}
+    assert sum(c.train.steps for c in stages.values()) == recipe.train.steps
+    assert [c.init_from for c in stages.values()] == ["", "runs/cpu_staged_32s", "runs/cpu_staged_16s"]
+    assert [c.model.variant for c in stages.values()] == ["32s", "16s", "8s"]
+    lr = recipe.optimizer.learning_rate
+    assert [c.optimizer.learning_rate for c in stages.values()] == [lr, lr / 2, lr / 2]
+    changed = ("train.steps", "init_from", "model.variant", "optimizer.learning_rate")
+    for c in stages.values():
+        assert _without(c, changed) == _without(recipe, changed)
