@@ -1,6 +1,7 @@
 """The CPU recipe staged, FCN-32s -> 16s -> 8s (the paper's order), against FCN-8s trained
 at once (`camvid_cpu.py:heldout`) with the same 3500 steps in all: 2000 for FCN-32s, then
-750 for each finer stage, on `train_seen`, selected on `heldout` with val beside it.
+750 for each finer stage, on `train_seen`, selected on `heldout` with val beside it (its
+numbers: docs/experiments.md).
 
   fcn-jax train --config experiments/camvid_cpu_staged.py:32s --workdir runs/cpu_staged_32s
   fcn-jax train --config experiments/camvid_cpu_staged.py:16s --workdir runs/cpu_staged_16s
