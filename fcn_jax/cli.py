@@ -53,8 +53,43 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# glibc mallopt parameters (malloc.h) and the values `keep_freed_memory` sets; a trim
+# threshold of -1 (SIZE_MAX once cast) never trims.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_KEEP = {_M_ARENA_MAX: 1, _M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: -1}
+ALLOCATOR_ENV_VAR = "FCN_JAX_MALLOC"
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back.
+
+    XLA:CPU allocates a step's scratch buffer (hundreds of MB for an FCN training step)
+    at every execution, on a worker thread. By default glibc serves a block that large
+    from a fresh mmap, whose pages the kernel faults in and zeroes one by one, and unmaps
+    it again on free: every step pays the kernel for memory it just returned. One arena
+    (worker threads allocate from the main heap, which has no size cap), a 1 GiB mmap
+    threshold and no trimming let the next step reuse the same pages. The process keeps
+    its peak memory until it exits. Results are unchanged (the same bytes, elsewhere);
+    benchmarks/allocator.py measures the step time both ways.
+
+    Must run before the threads that allocate exist (here: before jax starts its
+    backend). Does nothing off glibc, or with FCN_JAX_MALLOC=system. Returns whether
+    the settings were applied.
+    """
+    import ctypes
+    import os
+    import platform
+
+    if os.environ.get(ALLOCATOR_ENV_VAR, "keep") == "system" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in _KEEP.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
     quiet_libraries()
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
