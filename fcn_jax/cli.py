@@ -73,14 +73,17 @@ def keep_freed_memory() -> bool:
     benchmarks/allocator.py measures the step time both ways.
 
     Must run before the threads that allocate exist (here: before jax starts its
-    backend). Does nothing off glibc, or with FCN_JAX_MALLOC=system. Returns whether
-    the settings were applied.
+    backend). Does nothing off glibc, or with FCN_JAX_MALLOC=system (the other value is
+    `keep`, the default). Returns whether the settings were applied.
     """
     import ctypes
     import os
     import platform
 
-    if os.environ.get(ALLOCATOR_ENV_VAR, "keep") == "system" or platform.libc_ver()[0] != "glibc":
+    setting = os.environ.get(ALLOCATOR_ENV_VAR, "keep")
+    if setting not in ("keep", "system"):
+        raise ValueError(f"{ALLOCATOR_ENV_VAR}={setting!r}: expected keep (the default) or system")
+    if setting == "system" or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
@@ -89,7 +92,10 @@ def keep_freed_memory() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    keep_freed_memory()
+    try:
+        keep_freed_memory()
+    except ValueError as e:
+        sys.exit(f"fcn-jax: {e}")
     quiet_libraries()
     parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)

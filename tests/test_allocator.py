@@ -17,8 +17,6 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
-
 CHILD = """
 import ctypes, json, resource, threading
 from fcn_jax.cli import keep_freed_memory
@@ -48,6 +46,7 @@ def _faults(setting: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 def test_freed_scratch_is_reused_not_faulted_in_again():
     kept, system = _faults("keep"), _faults("system")
     assert kept["applied"] and not system["applied"]
@@ -57,3 +56,12 @@ def test_freed_scratch_is_reused_not_faulted_in_again():
     # Kept: the first step grows the heap, the later ones reuse its pages.
     assert kept["faults"][0] > pages // 1024, kept
     assert sum(kept["faults"][1:]) < min(system["faults"]) // 10, (kept, system)
+
+
+def test_an_unknown_setting_is_one_line_and_a_non_zero_exit():
+    env = {**os.environ, "FCN_JAX_MALLOC": "tcmalloc"}
+    out = subprocess.run([sys.executable, "-m", "fcn_jax", "--help"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "fcn-jax: FCN_JAX_MALLOC='tcmalloc': expected keep (the default) or system"
+    ]
