@@ -14,7 +14,6 @@ bytes live, never what they are. The settings themselves: fcn_jax.cli.keep_freed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -22,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from fcn_jax.report import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("keep", "system")
@@ -50,8 +51,7 @@ def run_once(args, setting: str, workdir: Path) -> dict:
         sys.exit(
             f"fcn-jax train ({setting}) failed with exit {done.returncode}: {done.stderr.strip()[-2000:]}"
         )
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["split"] == "train"]
+    train = [r for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == "train"]
     return {
         "setting": setting,
         "images_per_s": train[-1]["images_per_s"],
