@@ -591,14 +591,10 @@ def stage_prepare(spec: dict, result: dict, save) -> None:
 
 def _loop_records(metrics_file: Path) -> dict:
     """Steady-state rates of a run: its train records after the first (which compiles)."""
-    records = []
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r.get("step", 0))
+    from fcn_jax.report import read_metrics
+
+    records = read_metrics(metrics_file)
+    train = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
     steady = train[1:]
     ips = [r["images_per_s"] for r in steady if _ok_number(r.get("images_per_s"))]
     host = [r["host_us_per_step"] for r in steady if _ok_number(r.get("host_us_per_step"))]
