@@ -82,6 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.num_pictures = 4  # val images drawn at each evaluation
     c.train.nan_at_step = -1  # fault injection for tests: poison the batch at this step
 
+    # Test-time augmentation `fcn-jax eval` runs on this run beside the plain evaluation
+    # (its --scales/--flip override it): the probabilities of the image resized by each scale,
+    # and of their mirror images, averaged at full size. Training's evaluations stay plain.
+    c.inference = ml_collections.ConfigDict()
+    c.inference.scales = (1.0,)
+    c.inference.flip = False
+
     # Weights to start from: "" (random), a file written by `fcn-jax convert` (the classifier
     # of model.backbone: its convolutions, fc6 and fc7 are transplanted) or a run directory
     # of another FCN (staged training: every layer of the same name and shape is copied,
@@ -182,6 +189,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     Raises ConfigError listing every bad key."""
     from fcn_jax.data.stats import WEIGHTINGS
     from fcn_jax.models import ModelSpec
+    from fcn_jax.predict import check_scales
 
     c, errors = config, []
 
@@ -269,6 +277,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         "data.num_threads",
         "must be an integer >= 0 (0: automatic)",
     )
+    scales = c.inference.scales
+    try:
+        ok = isinstance(scales, tuple) and not any(isinstance(v, (bool, str)) for v in scales)
+        ok = ok and bool(check_scales(scales))
+    except (TypeError, ValueError):
+        ok = False
+    need(ok, "inference.scales", "must be a tuple of distinct numbers in (0, 16], e.g. (0.75, 1.0, 1.25)")
+    need(isinstance(c.inference.flip, bool), "inference.flip", "must be True or False")
     try:
         ModelSpec.from_config(c.model, 1)
     except (ValueError, TypeError) as e:

@@ -170,6 +170,29 @@ class Run:
             raise RunError(f"{self.root / CONFIG_FILE}: not a config (a JSON object)")
         return config
 
+    def inference(self) -> tuple[tuple[float, ...], bool]:
+        """The test-time augmentation the run's config asks `fcn-jax eval` for (its `inference`
+        section): (scales, flip); plain, ((1.0,), False), for a run written without one (or
+        without a config.json: a bare checkpoint folder can still be evaluated)."""
+        from fcn_jax.predict import check_scales
+
+        path = self.root / CONFIG_FILE
+        if not path.exists():
+            return (1.0,), False
+        section = self.config().get("inference", {})
+        if not isinstance(section, dict):
+            raise RunError(f"{path}: inference: not a section (a JSON object)")
+        scales, flip = section.get("scales", [1.0]), section.get("flip", False)
+        try:
+            if not isinstance(scales, list) or any(isinstance(s, (bool, str)) for s in scales):
+                raise ValueError(f"not a list of numbers: {scales!r}")
+            scales = check_scales(scales)
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{path}: inference.scales: {e}") from None
+        if not isinstance(flip, bool):
+            raise RunError(f"{path}: inference.flip = {flip!r}: must be true or false")
+        return scales, flip
+
     def data_dir(self) -> Path | None:
         """The prepared dataset the run trained on, if it recorded one."""
         if self.is_legacy():

@@ -120,3 +120,11 @@ def test_the_staged_cpu_recipe_differs_from_the_cpu_recipe_only_in_its_stages():
     changed = ("train.steps", "init_from", "model.variant", "optimizer.learning_rate")
     for c in stages.values():
         assert _without(c, changed) == _without(recipe, changed)
+
+
+@pytest.mark.parametrize("scales", [(0.0, 1.0), (1.0, 1.0), (), (1.0, "2")])
+def test_bad_inference_scales_are_refused_before_training(scales):
+    c = config_lib.base_config()
+    c.inference.scales = scales
+    with pytest.raises(config_lib.ConfigError, match="inference.scales"):
+        config_lib.check(c)

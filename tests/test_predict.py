@@ -75,9 +75,11 @@ def write_run(
     step: int = 8,
     variant: str = VARIANT,
     conv: str = "winograd",
+    inference: dict | None = None,
 ) -> Path:
     """A run directory written the way `fcn_jax.train` writes one (through `fcn_jax.run`):
-    its records and one best/<step> checkpoint holding `params`."""
+    its records and one best/<step> checkpoint holding `params`; `inference` sets keys of the
+    config's inference section."""
     import dataclasses
     import json
 
@@ -90,6 +92,7 @@ def write_run(
     config.model.variant = variant
     config.model.ops.conv = conv
     config.data.data_dir = str(data_dir)
+    config.inference.update(inference or {})
     spec = ModelSpec.from_config(config.model, meta.num_classes)
     meta = dataclasses.replace(meta, data_dir=Path(data_dir) if data_dir else meta.data_dir)
     run = run_lib.Run(workdir)

@@ -419,6 +419,47 @@ def test_eval_writes_per_image_records_and_plain_beside_augmented(evaluated, seg
     assert "images with the lowest mean IoU" in printed
 
 
+def test_eval_takes_the_augmentation_the_run_config_asks_for(evaluated, params, tmp_path):
+    """A run whose config asks for scales 0.75,1,1.25 + flip (experiments/camvid_cpu.py does) is
+    evaluated with them without flags, to the same numbers as the flags give; `--scales 1
+    --no-flip` is plain; a bad value in config.json is one line naming the file and key."""
+    _, _, flagged = evaluated
+    dataset = Path(flagged["data_dir"])
+    run = write_run(
+        tmp_path / "run", params, data.load_meta(dataset), str(dataset), variant="32s", conv="xla",
+        inference={"scales": (0.75, 1.0, 1.25), "flip": True},
+    )  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["eval", "--workdir", str(run), "--split", "val", "--quiet"]) == 0
+    saved = json.loads((run / "eval_val.json").read_text())
+    assert saved["augmented"]["inference"] == flagged["augmented"]["inference"]
+    assert saved["augmented"]["miou"] == pytest.approx(flagged["augmented"]["miou"], abs=1e-6)
+    assert saved["miou"] == pytest.approx(flagged["miou"], abs=1e-6)
+    assert "plain vs scales 0.75,1,1.25 + flip, whole images" in printed.getvalue()
+    # Flags override the config: a plain evaluation writes no augmented record.
+    out = tmp_path / "plain.json"
+    args = ["eval", "--workdir", str(run), "--split", "val", "--scales", "1", "--no-flip", "--quiet"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*args, "--out", str(out)]) == 0
+    plain = json.loads(out.read_text())
+    assert "augmented" not in plain and plain["miou"] == pytest.approx(flagged["miou"], abs=1e-6)
+    # Only the flip from the flags, the scales from the config.
+    args = ["eval", "--workdir", str(run), "--split", "val", "--no-flip", "--quiet", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(args) == 0
+    assert json.loads(out.read_text())["augmented"]["inference"]["flip"] is False
+    config = json.loads((run / "config.json").read_text())
+    config["inference"]["scales"] = [0.0, 1.0]
+    (run / "config.json").write_text(json.dumps(config))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["eval", "--workdir", str(run), "--split", "val", "--quiet"])
+    assert code == 2
+    line = err.getvalue()
+    assert line.count("\n") == 1 and "config.json: inference.scales" in line, line
+
+
 def test_report_shows_the_worst_images_with_error_maps(evaluated, seg):
     run, _, saved = evaluated
     assert cli.main(["report", "--workdir", str(run), "--num-images", "0", "--worst", "2", "--quiet"]) == 0

@@ -9,7 +9,9 @@ The dataset defaults to the one the run was trained on (the run's dataset.json).
 The JSON holds the split's metrics and confusion matrix and, under "images", one record per
 image (mean IoU, pixel accuracy, per-class IoU; `fcn-jax report` shows the worst). With
 --scales or --flip the images are also evaluated with test-time augmentation; both results
-are printed side by side and the augmented one is written under "augmented". --tile runs
+are printed side by side and the augmented one is written under "augmented". Without them,
+the run's config chooses (its `inference` section: plain unless the experiment asks for
+augmentation, as experiments/camvid_cpu.py does); `--scales 1 --no-flip` is plain. --tile runs
 both through sliding windows of that size (device memory bounded by the tile); without it
 the plain evaluation is `fcn_jax.evaluate`'s, over all devices.
 """
@@ -48,14 +50,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="global batch size, a multiple of the device count (default: 2 per device)",
     )
     parser.add_argument("--out", default=None, help="JSON output (default <run dir>/eval_<split>.json)")
-    add_inference_arguments(parser)
+    add_inference_arguments(
+        parser,
+        flip_help="test-time augmentation: also run the mirror image (of every scale); "
+        "default: the run's config (inference.flip)",
+        scales_default=" (default: the run's config, inference.scales; 1 for none)",
+    )
     parser.add_argument(
         "--worst", type=int, default=5, help="print the K images with the lowest mean IoU (default 5)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, flip_help: str | None = None) -> None:
+def add_inference_arguments(
+    parser: argparse.ArgumentParser, flip_help: str | None = None, scales_default: str | None = None
+) -> None:
     """--tile, --overlap, --scales, --flip: shared by eval and predict."""
     parser.add_argument(
         "--tile",
@@ -76,11 +85,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser, flip_help: str | No
         default=None,
         metavar="S,S,...",
         help="test-time augmentation: also run the image resized by these factors (e.g. 0.75,1,1.25) "
-        "and average the probabilities at the original size",
+        "and average the probabilities at the original size" + (scales_default or ""),
     )
     parser.add_argument(
         "--flip",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=flip_help or "test-time augmentation: also run the mirror image (of every scale)",
     )
 
@@ -139,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
         return code
 
     try:
-        tile, scales = parse_tile(args.tile), parse_scales(args.scales)
+        tile = parse_tile(args.tile)
+        scales = None if args.scales is None else parse_scales(args.scales)
     except ValueError as e:
         return fail(f"--tile/--scales: {e}")
-    augment = args.flip or scales != (1.0,)
     if args.worst < 0:
         return fail(f"--worst must be >= 0, got {args.worst}")
     try:
@@ -161,8 +171,15 @@ def run(args: argparse.Namespace) -> int:
         for out in outs.values():
             fsutil.check_writable_dir(out.parent, "--out")
         trained = run_lib.load_trained(step_dir)
+        if scales is None or args.flip is None:
+            run_scales, run_flip = run.inference()
+            scales = run_scales if scales is None else scales
+            flip = run_flip if args.flip is None else args.flip
+        else:
+            flip = args.flip
     except (OSError, ValueError, DataError) as e:  # RunError, SplitNotFound are ValueErrors
         return fail(str(e))
+    augment = flip or scales != (1.0,)
     model = trained.model
     if meta.num_classes != model.num_classes:
         return fail(
@@ -180,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             return fail(f"--tile/--overlap/--batch-size: {e}")
     plain_settings = _inference(tile, args.overlap)
-    aug_settings = _inference(tile, args.overlap, scales, args.flip)
+    aug_settings = _inference(tile, args.overlap, scales, flip)
     summary = []
     for split in splits:
         try:
@@ -195,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             augmented = None
             if augment:
                 augmented, aug_images = evaluate.evaluate_segmenter(
-                    segmenter, data_dir, split, progress=not args.quiet, flip=args.flip, scales=scales
+                    segmenter, data_dir, split, progress=not args.quiet, flip=flip, scales=scales
                 )
         except ValueError as e:
             return fail(f"--batch-size: {e}" if "batch size" in str(e) else str(e))

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         seg = Segmenter.from_checkpoint(
             args.checkpoint,
             batch_size=args.batch_size,
-            flip=args.flip,
+            flip=bool(args.flip),
             scales=scales,
             tile=tile,
             overlap=args.overlap,
