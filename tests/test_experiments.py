@@ -93,7 +93,7 @@ def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one()
     )
     assert (heldout.data.train_split, heldout.data.eval_split) == (TRAIN_SEEN, HELDOUT)
     # Evaluated the way it was chosen: plain beside scales and flips (docs/experiments.md).
-    assert tuple(full.inference.scales) == (0.75, 1.0, 1.25) and full.inference.flip
+    assert tuple(full.inference.scales) == (0.5, 0.75, 1.0) and full.inference.flip
     splits = ("train_split", "eval_split", "extra_eval_splits")
     for c in (full, heldout):
         for k in splits:
