@@ -31,7 +31,7 @@ SETTINGS = ("keep", "system")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, help="prepared CamVid (fcn-jax prepare camvid --out DIR)")
-    p.add_argument("--config", default=str(REPO / "experiments" / "camvid_cpu.py") + ":heldout")
+    p.add_argument("--config", default=str(REPO / "experiments" / "camvid_cpu.py") + ":first_heldout")
     p.add_argument("--steps", type=int, default=100, help="per run; the second half is timed")
     p.add_argument("--rounds", type=int, default=1, help="ABBA rounds (each is four runs)")
     return p.parse_args(argv)

@@ -1,7 +1,7 @@
-"""The CPU recipe staged, FCN-32s -> 16s -> 8s (the paper's order), against FCN-8s trained
-at once (`camvid_cpu.py:heldout`) with the same 3500 steps in all: 2000 for FCN-32s, then
-750 for each finer stage, on `train_seen`, selected on `heldout` with val beside it (its
-numbers: docs/experiments.md).
+"""The first CPU recipe staged, FCN-32s -> 16s -> 8s (the paper's order), against FCN-8s
+trained at once (`camvid_cpu.py:first_heldout`) with the same 3500 steps in all: 2000 for
+FCN-32s, then 750 for each finer stage, on `train_seen`, selected on `heldout` with val
+beside it (its numbers: docs/experiments.md).
 
   fcn-jax train --config experiments/camvid_cpu_staged.py:32s --workdir runs/cpu_staged_32s
   fcn-jax train --config experiments/camvid_cpu_staged.py:16s --workdir runs/cpu_staged_16s
@@ -28,7 +28,7 @@ STAGES = {
 def get_config(stage: str = "32s"):
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    c = load_config(f"{Path(__file__).with_name('camvid_cpu.py')}:heldout")
+    c = load_config(f"{Path(__file__).with_name('camvid_cpu.py')}:first_heldout")
     c.model.variant = stage
     c.train.steps, c.init_from = STAGES[stage]
     if c.init_from:
