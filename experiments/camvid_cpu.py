@@ -23,7 +23,7 @@ only). Scales below 1 match the scales the recipe trains on; measured on the hel
 against plain and against 0.75, 1, 1.25 (docs/experiments.md). Training's own evaluations
 stay plain.
 
-Two modes, one recipe:
+Two modes of each recipe (`first` and `first_heldout` for the first one):
 - `full` (the default) trains on all 367 train images, three drives, and reports val. It is
   the model to use on new streets, and the one to evaluate on CamVid's test split: a third
   drive in training is more of what generalises, and the recipe was already chosen.
