@@ -422,8 +422,8 @@ def test_eval_writes_per_image_records_and_plain_beside_augmented(evaluated, seg
 def test_eval_takes_the_augmentation_the_run_config_asks_for(evaluated, params, tmp_path):
     """A run whose config asks for test-time augmentation (as experiments/camvid_cpu.py does;
     here scales 0.75,1,1.25 + flip) is evaluated with it without flags, to the same numbers as
-    the flags give; `--scales 1
-    --no-flip` is plain; a bad value in config.json is one line naming the file and key."""
+    the flags give; `--scales 1 --no-flip` is plain; a bad value in config.json is one line
+    naming the file and key."""
     _, _, flagged = evaluated
     dataset = Path(flagged["data_dir"])
     run = write_run(
