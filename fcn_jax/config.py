@@ -19,6 +19,8 @@ from fcn_jax.ops import OpSet
 
 
 def base_config() -> ml_collections.ConfigDict:
+    from fcn_jax.models import FC_CHANNELS
+
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -46,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.variant = "8s"
     c.model.backbone = "alexnet"  # alexnet | vgg16 (init_from: fcn-jax convert --arch vgg16)
     c.model.dropout_rate = 0.5
+    # fc6 and fc7 outputs: the classifiers' width, which init_from a classifier needs; from
+    # scratch a narrower one trains faster on CPU (docs/experiments.md).
+    c.model.fc_channels = FC_CHANNELS
     c.model.trainable_upsampling = True
     c.model.dtype = "float32"  # bfloat16 on accelerators
     # Which formulation of each costly layer runs (fcn_jax.ops.OpSet; its defaults).

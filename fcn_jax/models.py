@@ -23,15 +23,24 @@ from fcn_jax.ops import OpSet
 
 Dtype = Any
 
+FC_CHANNELS = 4096  # fc6 and fc7 of both classifiers
 # Output channels of torchvision's AlexNet.
-CHANNELS = {"conv1": 64, "conv2": 192, "conv3": 384, "conv4": 256, "conv5": 256, "fc6": 4096, "fc7": 4096}
+CHANNELS = {
+    "conv1": 64,
+    "conv2": 192,
+    "conv3": 384,
+    "conv4": 256,
+    "conv5": 256,
+    "fc6": FC_CHANNELS,
+    "fc7": FC_CHANNELS,
+}
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 POOLS = ("pool1", "pool2", "pool5")
 # Output channels of torchvision's VGG16: 64, 128, 256, 512, 512 per block.
 VGG16_CHANNELS = {
     **{n: (64, 128, 256, 512, 512)[int(n[4]) - 1] for n in geometry.VGG16_LAYERS if n.startswith("conv")},
-    "fc6": 4096,
-    "fc7": 4096,
+    "fc6": FC_CHANNELS,
+    "fc7": FC_CHANNELS,
 }
 BACKBONE_CHANNELS = {"alexnet": CHANNELS, "vgg16": VGG16_CHANNELS}
 
@@ -279,12 +288,18 @@ class FCN(nn.Module):
     # OpSet(conv="xla") keeps XLA's convolution.
     ops: OpSet = OpSet()
     backbone: str = "alexnet"  # or "vgg16" (geometry.BACKBONES)
+    # Output channels of fc6 and fc7. The classifiers' own width (4096, both backbones) is
+    # what transplanting their weights needs; a model trained from scratch may be narrower,
+    # which on a CPU saves most of a small crop's step (fc6 and fc7 hold most parameters).
+    fc_channels: int = FC_CHANNELS
 
     def setup_check(self) -> None:
         geometry.check_variant(self.variant)
         geometry.get_backbone(self.backbone)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.fc_channels < 1:
+            raise ValueError(f"fc_channels must be >= 1, got {self.fc_channels}")
 
     def _score(self, name: str) -> DenseConv:
         zeros = nn.initializers.zeros
@@ -308,9 +323,8 @@ class FCN(nn.Module):
         for name, value in taps.items():  # for inspection: apply(..., mutable="intermediates")
             self.sow("intermediates", name, value)
         x = taps["pool5"]
-        channels = BACKBONE_CHANNELS[self.backbone]
         for name in ("fc6", "fc7"):
-            x = nn.relu(_dense(name, channels[name], self.dtype, self.ops, self.backbone)(x))
+            x = nn.relu(_dense(name, self.fc_channels, self.dtype, self.ops, self.backbone)(x))
             x = Dropout(self.dropout_rate, self.ops)(x, deterministic=not train)
         score = self._score("score_fr")(x)
 
@@ -350,6 +364,8 @@ class ModelSpec:
     # Absent from the model.json of runs (and config.json of pretrained folders) written
     # before VGG16 existed: those are AlexNet FCNs.
     backbone: str = "alexnet"
+    # Absent from records written before it was a choice: those have the classifiers' width.
+    fc_channels: int = FC_CHANNELS
 
     def __post_init__(self):
         geometry.check_variant(self.variant)
@@ -360,6 +376,8 @@ class ModelSpec:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if type(self.fc_channels) is not int or self.fc_channels < 1:
+            raise ValueError(f"fc_channels must be a positive integer, got {self.fc_channels!r}")
 
     @classmethod
     def from_config(cls, model_config, num_classes: int) -> ModelSpec:
@@ -374,6 +392,7 @@ class ModelSpec:
             dtype=str(m["dtype"]),
             ops=OpSet(**dict(m["ops"])),
             backbone=str(m["backbone"]),
+            fc_channels=m["fc_channels"],
         )
 
     def to_dict(self) -> dict:
@@ -394,4 +413,5 @@ class ModelSpec:
             dtype=jnp.dtype(self.dtype),
             ops=self.ops,
             backbone=self.backbone,
+            fc_channels=self.fc_channels,
         )

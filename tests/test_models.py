@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import flax
@@ -230,3 +231,38 @@ def test_the_op_set_is_part_of_the_models_identity():
     assert fast == FCN(NUM_CLASSES, "8s", ops=OpSet())
     with pytest.raises(ValueError, match="ops.pool must be one of auto, scatter, pads, xla"):
         OpSet(pool="gather_typo")
+
+
+def test_fc_channels_sets_the_width_of_fc6_and_fc7_and_is_recorded_with_the_run(tmp_path):
+    """A narrower classifier head is part of the model spec: built, recorded in model.json
+    and read back; records written before the key existed have the classifiers' 4096."""
+    from fcn_jax import config as config_lib
+    from fcn_jax import run as run_lib
+    from fcn_jax.data.meta import DatasetMeta
+
+    c = config_lib.base_config()
+    assert c.model.fc_channels == models.FC_CHANNELS == models.CHANNELS["fc6"] == 4096
+    c.model.fc_channels = 24
+    spec = models.ModelSpec.from_config(c.model, NUM_CLASSES)
+    model = spec.build()
+    p = init_params(model, jax.random.key(0))
+    assert p["fc6"]["kernel"].shape == (6, 6, 256, 24)
+    assert p["fc7"]["kernel"].shape == (1, 1, 24, 24)
+    assert p["score_fr"]["kernel"].shape == (1, 1, 24, NUM_CLASSES)
+    assert model.apply({"params": p}, jnp.zeros((1, 48, 64, 3))).shape == (1, 48, 64, NUM_CLASSES)
+
+    meta = DatasetMeta("toy", NUM_CLASSES, 255, list("abcde"), np.zeros((5, 3), np.uint8), {"train": 4})
+    run = run_lib.Run(tmp_path / "run")
+    run.root.mkdir()
+    run_lib.write_records(run, json.loads(c.to_json()), spec, run_lib.dataset_record(meta, "train"), 0)
+    assert run.spec() == spec and run.spec().build().fc_channels == 24
+    older = spec.to_dict()
+    del older["fc_channels"]
+    assert models.ModelSpec.from_dict(older).fc_channels == 4096
+
+    for bad in (0, -3):
+        c.model.fc_channels = bad
+        with pytest.raises(
+            config_lib.ConfigError, match="config.model: fc_channels must be a positive integer"
+        ):
+            config_lib.check(c)
