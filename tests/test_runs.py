@@ -208,6 +208,15 @@ def test_init_from_must_cover_the_backbone(camvid_small, tmp_path, capsys):
     assert "config.init_from" in err and "fc7" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.json").exists()
 
+    # Every layer, at the classifier's width: a narrower fc6 and fc7 cannot take it.
+    convert.save_params({k: params[k] for k in convert.TRANSPLANTED}, tmp_path / "alexnet.msgpack")
+    narrow = ("--config.model.fc_channels=64", f"--config.init_from={tmp_path / 'alexnet.msgpack'}")
+    assert _train(tmp_path / "run", camvid_small, *narrow) == 2
+    err = capsys.readouterr().err
+    assert "fc6 (" in err and "(6, 6, 256, 4096)} vs" in err and "(6, 6, 256, 64)}" in err
+    assert "fc7 (" in err and "(1, 1, 4096, 4096)} vs" in err and "Traceback" not in err
+    assert "conv5" not in err and not (tmp_path / "run" / "model.json").exists()
+
 
 def test_an_unwritable_workdir_is_one_line(camvid_small, tmp_path, capsys):
     (tmp_path / "file").write_text("")
