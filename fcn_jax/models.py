@@ -289,8 +289,8 @@ class FCN(nn.Module):
     ops: OpSet = OpSet()
     backbone: str = "alexnet"  # or "vgg16" (geometry.BACKBONES)
     # Output channels of fc6 and fc7. The classifiers' own width (4096, both backbones) is
-    # what transplanting their weights needs; a model trained from scratch may be narrower,
-    # which on a CPU saves most of a small crop's step (fc6 and fc7 hold most parameters).
+    # what transplanting their weights needs; a model trained from scratch may be narrower:
+    # fc6 and fc7 hold most of the parameters, and on a CPU much of a small crop's step.
     fc_channels: int = FC_CHANNELS
 
     def setup_check(self) -> None:
