@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
     # fc6 and fc7 outputs: the classifiers' width, which init_from a classifier needs; from
     # scratch a narrower one trains faster on CPU (docs/experiments.md).
     c.model.fc_channels = FC_CHANNELS
+    # After each backbone convolution: none (the classifiers', which init_from needs) | group.
+    c.model.norm = "none"
     c.model.trainable_upsampling = True
     c.model.dtype = "float32"  # bfloat16 on accelerators
     # Which formulation of each costly layer runs (fcn_jax.ops.OpSet; its defaults).

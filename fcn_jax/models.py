@@ -43,6 +43,14 @@ VGG16_CHANNELS = {
     "fc7": FC_CHANNELS,
 }
 BACKBONE_CHANNELS = {"alexnet": CHANNELS, "vgg16": VGG16_CHANNELS}
+# Normalisation after each backbone convolution, before its ReLU. The classifiers have none
+# (their weights transplant only into "none"). From scratch, a group norm takes the scale of
+# each layer's activations out of each image's hands (a brighter or flatter frame reaches the
+# next layer at the usual scale) and needs no batch statistics, unlike batch norm, so it works
+# at any batch size and a run's state holds nothing new.
+NORMS = ("none", "group")
+NORM_GROUPS = 32  # divides every backbone convolution's channels (64 ... 512)
+NORM_EPSILON = 1e-6  # nn.GroupNorm's; named, as the ONNX export computes the same
 
 
 # Winograd tile (F(t x t, k x k)) of each stride-1 convolution on CPU in float32:
@@ -148,10 +156,11 @@ def _pool(x: jax.Array, name: str, op_set: OpSet, backbone: str) -> jax.Array:
 
 
 def features(
-    x: jax.Array, backbone: str, dtype: Dtype, op_set: OpSet, kernel_init=None
+    x: jax.Array, backbone: str, dtype: Dtype, op_set: OpSet, kernel_init=None, norm: str = "none"
 ) -> dict[str, jax.Array]:
-    """The backbone's convolutions (each followed by a ReLU) and pools up to pool5, in its
-    layer table's order, in the calling module's scope; returns the pooling outputs."""
+    """The backbone's convolutions (each followed by `norm`, then a ReLU) and pools up to
+    pool5, in its layer table's order, in the calling module's scope; returns the pooling
+    outputs. A group norm after `convN` is named `convN_norm`."""
     extra = {} if kernel_init is None else {"kernel_init": kernel_init}
     channels = BACKBONE_CHANNELS[backbone]
     taps = {}
@@ -161,7 +170,16 @@ def features(
         if name.startswith("pool"):
             x = taps[name] = _pool(x, name, op_set, backbone)
         else:
-            x = nn.relu(_conv(name, channels[name], dtype, op_set, backbone, **extra)(x))
+            x = _conv(name, channels[name], dtype, op_set, backbone, **extra)(x)
+            if norm == "group":
+                x = nn.GroupNorm(
+                    NORM_GROUPS,
+                    epsilon=NORM_EPSILON,
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    name=f"{name}_norm",
+                )(x)
+            x = nn.relu(x)
     return taps
 
 
@@ -292,6 +310,7 @@ class FCN(nn.Module):
     # what transplanting their weights needs; a model trained from scratch may be narrower:
     # fc6 and fc7 hold most of the parameters, and on a CPU much of a small crop's step.
     fc_channels: int = FC_CHANNELS
+    norm: str = "none"  # after each backbone convolution: NORMS
 
     def setup_check(self) -> None:
         geometry.check_variant(self.variant)
@@ -300,6 +319,7 @@ class FCN(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.fc_channels < 1:
             raise ValueError(f"fc_channels must be >= 1, got {self.fc_channels}")
+        _check_norm(self.norm)
 
     def _score(self, name: str) -> DenseConv:
         zeros = nn.initializers.zeros
@@ -319,7 +339,7 @@ class FCN(nn.Module):
         plan = geometry.plan(h, w, self.variant, self.backbone)
         x = jnp.pad(images.astype(self.dtype), ((0, 0), plan.height.pad, plan.width.pad, (0, 0)))
 
-        taps = features(x, self.backbone, self.dtype, self.ops)
+        taps = features(x, self.backbone, self.dtype, self.ops, norm=self.norm)
         for name, value in taps.items():  # for inspection: apply(..., mutable="intermediates")
             self.sow("intermediates", name, value)
         x = taps["pool5"]
@@ -341,6 +361,11 @@ class FCN(nn.Module):
             score, crop=(plan.height.out_start, plan.width.out_start, h, w)
         )
         return out.astype(jnp.float32)
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
 
 
 def init_params(model: nn.Module, rng: jax.Array, size: tuple[int, int] = (64, 64)) -> dict:
@@ -366,6 +391,8 @@ class ModelSpec:
     backbone: str = "alexnet"
     # Absent from records written before it was a choice: those have the classifiers' width.
     fc_channels: int = FC_CHANNELS
+    # Absent from records written before it was a choice: those have none.
+    norm: str = "none"
 
     def __post_init__(self):
         geometry.check_variant(self.variant)
@@ -378,6 +405,7 @@ class ModelSpec:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if type(self.fc_channels) is not int or self.fc_channels < 1:
             raise ValueError(f"fc_channels must be a positive integer, got {self.fc_channels!r}")
+        _check_norm(self.norm)
 
     @classmethod
     def from_config(cls, model_config, num_classes: int) -> ModelSpec:
@@ -393,6 +421,7 @@ class ModelSpec:
             ops=OpSet(**dict(m["ops"])),
             backbone=str(m["backbone"]),
             fc_channels=m["fc_channels"],
+            norm=str(m["norm"]),
         )
 
     def to_dict(self) -> dict:
@@ -414,4 +443,5 @@ class ModelSpec:
             ops=self.ops,
             backbone=self.backbone,
             fc_channels=self.fc_channels,
+            norm=self.norm,
         )

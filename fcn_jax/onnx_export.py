@@ -21,7 +21,9 @@ transforms, the sub-pixel upsampling GEMM), which would put those into the graph
 a dozen or two layers described by one table (the backbone's in `geometry.BACKBONES`, its
 channels in `models.BACKBONE_CHANNELS`), so the graph is built from that table with
 `onnx.helper`, in the plain formulation (`ops.OpSet.reference()`, whatever ops the run trained
-with): Conv for the backbone's convolutions, fc6, fc7 and the score layers, MaxPool, Relu,
+with): Conv for the backbone's convolutions, fc6, fc7 and the score layers (with
+`model.norm="group"`, each backbone convolution's group norm as Reshape,
+InstanceNormalization, Reshape, Mul, Add), MaxPool, Relu,
 ConvTranspose with the kernel the geometry chose (2f-1 or 2f taps) for the upsampling, Slice
 for the crops the geometry derives, Add for the skip fusion, ArgMax. Runtimes
 pick their own convolution algorithms for these standard ops. tests/test_deploy.py checks the
@@ -51,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from fcn_jax import geometry
+from fcn_jax.models import NORM_EPSILON, NORM_GROUPS, NORMS
 
 OPSET = 17  # ONNX Runtime >= 1.13, TensorRT >= 8.6
 IR_VERSION = 8  # the IR of opset 17: readable by runtimes older than the onnx package writing it
@@ -227,6 +230,27 @@ def build_onnx(
     x = g.op("Pad", [x, pads], "padded", mode="constant")
 
     # -- the backbone's convolutions and pools (its layer table), fc6, fc7 --------------------
+    norm = getattr(model, "norm", "none")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+    def group_norm(x: str, name: str) -> str:
+        # Opset 17 has no GroupNormalization: InstanceNormalization over (N, groups, C/groups*H*W)
+        # normalises each group, then the per-channel scale and bias apply in (N, C, H, W).
+        p = params[f"{name}_norm"]
+        ones, zeros = np.ones(NORM_GROUPS, np.float32), np.zeros(NORM_GROUPS, np.float32)
+        grouped = g.op("Reshape", [x, g.ints("k", [0, NORM_GROUPS, -1])], f"{name}_groups")
+        grouped = g.op(
+            "InstanceNormalization",
+            [grouped, g.const(f"{name}_norm.ones", ones), g.const(f"{name}_norm.zeros", zeros)],
+            f"{name}_grouped_norm",
+            epsilon=NORM_EPSILON,
+        )
+        x = g.op("Reshape", [grouped, g.op("Shape", [x])], f"{name}_norm_nchw")
+        per_channel = {k: np.asarray(p[k], np.float32).reshape(1, -1, 1, 1) for k in ("scale", "bias")}
+        x = g.op("Mul", [x, g.const(f"{name}_norm.scale", per_channel["scale"])], f"{name}_norm_scaled")
+        return g.op("Add", [x, g.const(f"{name}_norm.bias", per_channel["bias"])], f"{name}_norm")
+
     taps = {}
     for name, w in layers.items():
         if name.startswith("fc"):
@@ -248,6 +272,8 @@ def build_onnx(
             strides=[w.stride, w.stride],
             pads=[w.padding] * 4,
         )
+        if norm == "group":
+            x = group_norm(x, name)
         x = g.op("Relu", [x], f"{name}_relu")
 
     def conv1x1_or_dense(x: str, name: str) -> str:

@@ -208,6 +208,11 @@ def initial_params(config: ml_collections.ConfigDict, model: FCN, rng: jax.Array
     need = convert.transplanted(model.backbone)
     arch = convert.ARCH_NAMES[model.backbone]
     if path.is_file():  # converted classifier weights (fcn-jax convert --arch model.backbone)
+        if model.norm != "none":
+            raise config_lib.ConfigError(
+                f"config.init_from = {source!r}: a classifier has no normalisation layers for "
+                f"config.model.norm = {model.norm!r}; train from scratch or set it to 'none'"
+            )
         try:
             classifier = convert.load_params(path)
         except (OSError, ValueError) as e:

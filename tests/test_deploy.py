@@ -129,6 +129,23 @@ def test_onnx_in_onnxruntime_equals_fcn_jax_on_camvid_images_of_two_sizes(varian
         np.testing.assert_array_equal(fixed_labels, sess.run(["labels"], {"images": crop})[0])
 
 
+def test_onnx_of_a_group_norm_fcn_equals_fcn_jax_on_camvid_images_of_two_sizes(two_sizes):
+    """model.norm="group": opset 17 has no GroupNormalization, so the graph builds it from
+    InstanceNormalization over the groups; random scales and biases, two image sizes."""
+    model = FCN(11, "8s", fc_channels=64, norm="group")
+    params = random_params(model, seed=7)
+    assert params["conv3_norm"]["scale"].shape == (384,)
+    proto = onnx_export.build_onnx(model, params, camvid_meta())
+    assert [n.op_type for n in proto.graph.node].count("InstanceNormalization") == 5
+    sess = session(proto.SerializeToString())
+    refs = bucket_logits(model, params, two_sizes)
+    for size, images in two_sizes.items():
+        labels, logits = sess.run(["labels", "logits"], {"images": images})
+        compare(labels, logits, refs[size], f"FCN-8s, group norm, {size} x{len(images)}")
+    with pytest.raises(ValueError, match="norm must be one of none, group, got 'batch'"):
+        onnx_export.build_onnx(FCN(11, "8s", fc_channels=64, norm="batch"), params, None)
+
+
 # -- a run, exported and shared ----------------------------------------------------------------
 
 

@@ -266,3 +266,37 @@ def test_fc_channels_sets_the_width_of_fc6_and_fc7_and_is_recorded_with_the_run(
             config_lib.ConfigError, match="config.model: fc_channels must be a positive integer"
         ):
             config_lib.check(c)
+
+
+def test_group_norm_follows_each_backbone_convolution_and_is_recorded_with_the_run(tmp_path):
+    """model.norm="group": a GroupNorm between each convolution and its ReLU, none in the
+    classifier layers; part of the spec, so a run rebuilds it; older records have none."""
+    from fcn_jax import config as config_lib
+
+    c = config_lib.base_config()
+    assert c.model.norm == "none" and models.ModelSpec.from_config(c.model, NUM_CLASSES).norm == "none"
+    c.model.norm, c.model.fc_channels = "group", 16
+    spec = models.ModelSpec.from_config(c.model, NUM_CLASSES)
+    model = spec.build()
+    p = init_params(model, jax.random.key(0))
+    norms = sorted(k for k in p if k.endswith("_norm"))
+    assert norms == [f"{conv}_norm" for conv in models.CONVS]
+    assert p["conv2_norm"]["scale"].shape == p["conv2_norm"]["bias"].shape == (models.CHANNELS["conv2"],)
+    assert models.ModelSpec.from_dict(spec.to_dict()) == spec
+    older = spec.to_dict()
+    del older["norm"]
+    assert models.ModelSpec.from_dict(older).norm == "none"
+
+    # Each conv's output, per image and group of 32 channels, reaches its ReLU at zero mean and
+    # unit variance (scale 1, bias 0 at init).
+    x = jax.random.normal(jax.random.key(1), (2, 67, 83, 3))
+    _, seen = model.apply({"params": p}, x, capture_intermediates=lambda m, _: m.name == "conv1_norm")
+    y = np.asarray(seen["intermediates"]["conv1_norm"]["__call__"][0]).reshape(2, -1, 32, 2)
+    np.testing.assert_allclose(y.mean(axis=(1, 3)), 0, atol=1e-4)
+    np.testing.assert_allclose(y.var(axis=(1, 3)), 1, atol=1e-3)
+    plain = models.FCN(NUM_CLASSES, "8s", fc_channels=16)
+    assert set(p) - set(init_params(plain, jax.random.key(0))) == set(norms)
+
+    c.model.norm = "batch"
+    with pytest.raises(config_lib.ConfigError, match="config.model: norm must be one of none, group"):
+        config_lib.check(c)

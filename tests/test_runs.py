@@ -217,6 +217,13 @@ def test_init_from_must_cover_the_backbone(camvid_small, tmp_path, capsys):
     assert "fc7 (" in err and "(1, 1, 4096, 4096)} vs" in err and "Traceback" not in err
     assert "conv5" not in err and not (tmp_path / "run" / "model.json").exists()
 
+    # The whole classifier, but the model normalises after each convolution: nothing to load there.
+    grouped = ("--config.model.norm=group", f"--config.init_from={tmp_path / 'alexnet.msgpack'}")
+    assert _train(tmp_path / "run", camvid_small, *grouped) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "config.init_from" in line and "config.model.norm = 'group'" in line
+    assert not (tmp_path / "run" / "model.json").exists()
+
 
 def test_an_unwritable_workdir_is_one_line(camvid_small, tmp_path, capsys):
     (tmp_path / "file").write_text("")
