@@ -272,6 +272,8 @@ def test_group_norm_follows_each_backbone_convolution_and_is_recorded_with_the_r
     """model.norm="group": a GroupNorm between each convolution and its ReLU, none in the
     classifier layers; part of the spec, so a run rebuilds it; older records have none."""
     from fcn_jax import config as config_lib
+    from fcn_jax import run as run_lib
+    from fcn_jax.data.meta import DatasetMeta
 
     c = config_lib.base_config()
     assert c.model.norm == "none" and models.ModelSpec.from_config(c.model, NUM_CLASSES).norm == "none"
@@ -282,13 +284,17 @@ def test_group_norm_follows_each_backbone_convolution_and_is_recorded_with_the_r
     norms = sorted(k for k in p if k.endswith("_norm"))
     assert norms == [f"{conv}_norm" for conv in models.CONVS]
     assert p["conv2_norm"]["scale"].shape == p["conv2_norm"]["bias"].shape == (models.CHANNELS["conv2"],)
-    assert models.ModelSpec.from_dict(spec.to_dict()) == spec
+    meta = DatasetMeta("toy", NUM_CLASSES, 255, list("abcde"), np.zeros((5, 3), np.uint8), {"train": 4})
+    run = run_lib.Run(tmp_path / "run")
+    run.root.mkdir()
+    run_lib.write_records(run, json.loads(c.to_json()), spec, run_lib.dataset_record(meta, "train"), 0)
+    assert run.spec() == spec and run.spec().build().norm == "group"
     older = spec.to_dict()
     del older["norm"]
     assert models.ModelSpec.from_dict(older).norm == "none"
 
-    # Each conv's output, per image and group of 32 channels, reaches its ReLU at zero mean and
-    # unit variance (scale 1, bias 0 at init).
+    # conv1's output, per image and each of its 32 groups of channels, reaches its ReLU at zero
+    # mean and unit variance (scale 1, bias 0 at init).
     x = jax.random.normal(jax.random.key(1), (2, 67, 83, 3))
     _, seen = model.apply({"params": p}, x, capture_intermediates=lambda m, _: m.name == "conv1_norm")
     y = np.asarray(seen["intermediates"]["conv1_norm"]["__call__"][0]).reshape(2, -1, 32, 2)
