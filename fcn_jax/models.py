@@ -47,7 +47,9 @@ BACKBONE_CHANNELS = {"alexnet": CHANNELS, "vgg16": VGG16_CHANNELS}
 # (their weights transplant only into "none"). From scratch, a group norm takes the scale of
 # each layer's activations out of each image's hands (a brighter or flatter frame reaches the
 # next layer at the usual scale) and needs no batch statistics, unlike batch norm, so it works
-# at any batch size and a run's state holds nothing new.
+# at any batch size and a run's state holds nothing new. Its statistics include the zero
+# padding the FCN adds around its input, so they depend on the image's size (a reading of the
+# held-out result in docs/experiments.md, "Around the recipe").
 NORMS = ("none", "group")
 NORM_GROUPS = 32  # divides every backbone convolution's channels (64 ... 512)
 NORM_EPSILON = 1e-6  # nn.GroupNorm's; named, as the ONNX export computes the same
@@ -319,7 +321,7 @@ class FCN(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.fc_channels < 1:
             raise ValueError(f"fc_channels must be >= 1, got {self.fc_channels}")
-        _check_norm(self.norm)
+        check_norm(self.norm)
 
     def _score(self, name: str) -> DenseConv:
         zeros = nn.initializers.zeros
@@ -363,7 +365,7 @@ class FCN(nn.Module):
         return out.astype(jnp.float32)
 
 
-def _check_norm(norm: str) -> None:
+def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
 
@@ -405,7 +407,7 @@ class ModelSpec:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if type(self.fc_channels) is not int or self.fc_channels < 1:
             raise ValueError(f"fc_channels must be a positive integer, got {self.fc_channels!r}")
-        _check_norm(self.norm)
+        check_norm(self.norm)
 
     @classmethod
     def from_config(cls, model_config, num_classes: int) -> ModelSpec:

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from fcn_jax import geometry
-from fcn_jax.models import NORM_EPSILON, NORM_GROUPS, NORMS
+from fcn_jax.models import NORM_EPSILON, NORM_GROUPS, check_norm
 
 OPSET = 17  # ONNX Runtime >= 1.13, TensorRT >= 8.6
 IR_VERSION = 8  # the IR of opset 17: readable by runtimes older than the onnx package writing it
@@ -231,8 +231,7 @@ def build_onnx(
 
     # -- the backbone's convolutions and pools (its layer table), fc6, fc7 --------------------
     norm = getattr(model, "norm", "none")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    check_norm(norm)
 
     def group_norm(x: str, name: str) -> str:
         # Opset 17 has no GroupNormalization: InstanceNormalization over (N, groups, C/groups*H*W)
