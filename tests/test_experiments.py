@@ -21,7 +21,17 @@ MODES = {
     "camvid_fcn16s_vgg16.py": [""],
     "camvid_fcn8s_vgg16.py": [""],
     "camvid_heldout.py": ["base", "jitter", "jitter_scale", "jitter_noweights", "jitter_8s"],
-    "camvid_cpu.py": ["", "full", "heldout", "second", "second_heldout", "first", "first_heldout"],
+    "camvid_cpu.py": [
+        "",
+        "full",
+        "heldout",
+        "third",
+        "third_heldout",
+        "second",
+        "second_heldout",
+        "first",
+        "first_heldout",
+    ],
     "camvid_cpu_staged.py": ["32s", "16s", "8s"],
     "camvid_gpu_heldout.py": ["32s", "16s", "8s", "8s_atonce"],
 }
@@ -103,22 +113,29 @@ def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one()
 
 def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_to():
     """The screening tables' rows changed the earlier recipes one key at a time; they must stay
-    reproducible as `first` and `second`, and each recipe may differ from the one before only
-    in the keys that were measured against it on the held-out drive (docs/experiments.md)."""
+    reproducible as `first`, `second` and `third`, and each recipe may differ from the one
+    before only in the keys that were measured against it on the held-out drive
+    (docs/experiments.md)."""
     first_to_second = ("data.crop_size", "train.steps", "loss.class_weighting")
-    second_to_recipe = ("data.crop_size", "train.steps", "model.fc_channels")
+    second_to_third = ("data.crop_size", "train.steps", "model.fc_channels")
+    third_to_recipe = ("data.scale_range",)
     for suffix in ("", "_heldout"):
-        recipe = _load("camvid_cpu.py", suffix.lstrip("_") or "full")
+        recipe, third = (
+            _load("camvid_cpu.py", suffix.lstrip("_") or "full"),
+            _load("camvid_cpu.py", f"third{suffix}"),
+        )
         second, first = _load("camvid_cpu.py", f"second{suffix}"), _load("camvid_cpu.py", f"first{suffix}")
         assert tuple(first.data.crop_size) == (128, 160) and first.train.steps == 3500
         assert first.loss.class_weighting == "none" and first.model.fc_channels == 4096
         assert tuple(second.data.crop_size) == (160, 200) and second.train.steps == 2800
         assert second.loss.class_weighting == "sqrt_median_frequency"
         assert second.model.fc_channels == 4096
-        assert tuple(recipe.data.crop_size) == (192, 240) and recipe.train.steps == 3200
-        assert recipe.model.fc_channels == 2048
+        assert tuple(third.data.crop_size) == (192, 240) and third.train.steps == 3200
+        assert third.model.fc_channels == 2048 and tuple(third.data.scale_range) == (0.3, 0.9)
+        assert tuple(recipe.data.scale_range) == (0.4, 1.0)
         assert _without(second, first_to_second) == _without(first, first_to_second)
-        assert _without(recipe, second_to_recipe) == _without(second, second_to_recipe)
+        assert _without(third, second_to_third) == _without(second, second_to_third)
+        assert _without(recipe, third_to_recipe) == _without(third, third_to_recipe)
 
 
 def _without(c, keys: tuple[str, ...]) -> dict:
