@@ -1,7 +1,7 @@
 """The CPU recipe for unseen streets, chosen on the held-out drive: FCN-8s with fc6 and fc7
 at 2048 channels, 3200 steps of 192x240 crops of frames scaled 0.4-1.0 with the square root
-of the median-frequency class weights, on a 2-core machine, evaluated at full 360x480 (its numbers and times:
-docs/experiments.md).
+of the median-frequency class weights, on a 2-core machine, evaluated at full 360x480 (its
+numbers and times: docs/experiments.md).
 
   fcn-jax train --config experiments/camvid_cpu.py --workdir runs/camvid_cpu
   fcn-jax train --config experiments/camvid_cpu.py:heldout --workdir runs/camvid_cpu_heldout
@@ -48,7 +48,16 @@ from pathlib import Path
 
 from fcn_jax.config import load_config
 
-MODES = ("full", "heldout", "third", "third_heldout", "second", "second_heldout", "first", "first_heldout")
+MODES = (
+    "full",
+    "heldout",
+    "third",
+    "third_heldout",
+    "second",
+    "second_heldout",
+    "first",
+    "first_heldout",
+)
 
 
 def get_config(mode: str = "full"):
