@@ -25,6 +25,8 @@ MODES = {
         "",
         "full",
         "heldout",
+        "fourth",
+        "fourth_heldout",
         "third",
         "third_heldout",
         "second",
@@ -113,15 +115,16 @@ def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one()
 
 def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_to():
     """The screening tables' rows changed the earlier recipes one key at a time; they must stay
-    reproducible as `first`, `second` and `third`, and each recipe may differ from the one
+    reproducible as `first`, `second`, `third` and `fourth`, and each recipe may differ from the one
     before only in the keys that were measured against it on the held-out drive
     (docs/experiments.md)."""
     first_to_second = ("data.crop_size", "train.steps", "loss.class_weighting")
     second_to_third = ("data.crop_size", "train.steps", "model.fc_channels")
-    third_to_recipe = ("data.scale_range",)
+    third_to_fourth = fourth_to_recipe = ("data.scale_range",)
     for suffix in ("", "_heldout"):
-        recipe, third = (
+        recipe, fourth, third = (
             _load("camvid_cpu.py", suffix.lstrip("_") or "full"),
+            _load("camvid_cpu.py", f"fourth{suffix}"),
             _load("camvid_cpu.py", f"third{suffix}"),
         )
         second, first = _load("camvid_cpu.py", f"second{suffix}"), _load("camvid_cpu.py", f"first{suffix}")
@@ -132,10 +135,12 @@ def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_
         assert second.model.fc_channels == 4096
         assert tuple(third.data.crop_size) == (192, 240) and third.train.steps == 3200
         assert third.model.fc_channels == 2048 and tuple(third.data.scale_range) == (0.3, 0.9)
-        assert tuple(recipe.data.scale_range) == (0.4, 1.0)
+        assert tuple(fourth.data.scale_range) == (0.4, 1.0)
+        assert tuple(recipe.data.scale_range) == (0.4, 1.2)
         assert _without(second, first_to_second) == _without(first, first_to_second)
         assert _without(third, second_to_third) == _without(second, second_to_third)
-        assert _without(recipe, third_to_recipe) == _without(third, third_to_recipe)
+        assert _without(fourth, third_to_fourth) == _without(third, third_to_fourth)
+        assert _without(recipe, fourth_to_recipe) == _without(fourth, fourth_to_recipe)
 
 
 def _without(c, keys: tuple[str, ...]) -> dict:
