@@ -27,15 +27,15 @@ the second, on which the rows "Around the new recipe" changed keys, as `second` 
 `second_heldout` (160x200 crops, 2800 steps, square-root weights, fc6 and fc7 at 4096),
 the third, on which the rows "Around the recipe" changed keys, as `third` and
 `third_heldout` (this recipe with frames scaled 0.3-0.9), and the fourth, on which the
-rows "Around the recipe now" changed keys, as `fourth` and `fourth_heldout` (frames
+rows "Around the fourth recipe" changed keys, as `fourth` and `fourth_heldout` (frames
 scaled 0.4-1.0).
 
 Evaluated with test-time augmentation: `fcn-jax eval` on a run of this recipe also averages
 the probabilities of the image scaled 0.5, 0.75 and 1 and of their mirror images (six
 passes), beside the plain result (config `inference`; `--scales 1 --no-flip` for plain
-only). Scales below 1 match the scales the recipe trains on; measured on the held-out drive
-against plain and against 0.75, 1, 1.25 (docs/experiments.md). Training's own evaluations
-stay plain.
+only). Scales below 1 match the scales the recipes trained on before this one; measured on
+the held-out drive against plain and against 0.75, 1, 1.25, on this recipe too
+(docs/experiments.md). Training's own evaluations stay plain.
 
 Two modes of each recipe (`first` and `first_heldout` to `fourth` and `fourth_heldout` for
 the earlier ones):
@@ -51,18 +51,9 @@ from pathlib import Path
 
 from fcn_jax.config import load_config
 
-MODES = (
-    "full",
-    "heldout",
-    "fourth",
-    "fourth_heldout",
-    "third",
-    "third_heldout",
-    "second",
-    "second_heldout",
-    "first",
-    "first_heldout",
-)
+# The recipe, then each earlier one, newest first; each on all three drives or held out.
+EARLIER = ("fourth", "third", "second", "first")
+MODES = ("full", "heldout", *(f"{r}{suffix}" for r in EARLIER for suffix in ("", "_heldout")))
 
 
 def get_config(mode: str = "full"):
@@ -87,7 +78,7 @@ def get_config(mode: str = "full"):
             elif not mode.startswith("third"):
                 c.data.scale_range = (0.4, 1.2)
     # Down, not up: measured against plain and against 0.75, 1, 1.25 on the held-out drive,
-    # on recipes trained on frames scaled 0.3-0.9.
+    # on recipes trained on frames scaled 0.3-0.9 and on this one.
     c.inference.scales, c.inference.flip = (0.5, 0.75, 1.0), True
     if not mode.endswith("heldout"):
         c.data.train_split, c.data.eval_split, c.data.extra_eval_splits = "train", "val", ()
