@@ -2,6 +2,8 @@
 
     python benchmarks/input_pipeline.py                   # prepares CamVid into a temp dir
     python benchmarks/input_pipeline.py --data DIR        # an already prepared dataset
+    python benchmarks/input_pipeline.py --data DIR --augment --skip-train --host-batches ''
+                                                          # the device path's augmentation alone
 
 Prints the training pipeline's images/s (decode, random scale 0.75-1.25, random 360x480
 crop, flip, normalise, batch), the train step's images/s and their ratio; the pipeline
@@ -26,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -130,6 +133,37 @@ def time_host_side(data_dir, path: str, batch: int, steps: int, crop=(128, 160))
     return {"outside_us": 1e6 * float(np.median(outside)), "call_us": 1e6 * float(np.median(call))}
 
 
+def time_device_augment(data_dir, batch: int, crop, scale_range, jitter, batches: int = 20) -> float:
+    """Milliseconds per global batch of the device path's augmentation alone (`device.batch`:
+    gather, scale, crop, flip and colour jitter, jitted), on the split `train`; the median
+    of five timings of `batches` batches each."""
+    import functools
+
+    import jax
+
+    from fcn_jax import training
+    from fcn_jax.data import device
+
+    loader = device.DeviceLoader(
+        data_dir,
+        training.data_mesh(),
+        global_batch_size=batch,
+        crop_size=tuple(crop),
+        scale_range=tuple(scale_range),
+        jitter=tuple(jitter),
+    )
+    fn = jax.jit(functools.partial(device.batch, loader.aug))
+    jax.block_until_ready(fn(loader.cache, 0))  # compile
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(batches):
+            out = fn(loader.cache, i)
+        jax.block_until_ready(out)
+        times.append(1e3 * (time.perf_counter() - start) / batches)
+    return float(np.median(times))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -153,6 +187,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="also time TrainLoader(cache=True, normalize=False) (fills the cache first)",
     )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="also time the device path's augmentation per batch with experiments/camvid_cpu.py's "
+        "batch, crops, scales and colour jitter, then without the jitter",
+    )
     args = p.parse_args(argv)
 
     from fcn_jax import data
@@ -172,6 +212,20 @@ def main(argv=None) -> int:
         if args.fast:
             fast = time_pipeline(data_dir, args.batch, args.steps, 2, args.threads, fast=True)
             print(f"  cache+uint8  : {fast:8.1f} images/s  (decoded cache warm, normalise on device)")
+        if args.augment:
+            from fcn_jax.config import load_config
+
+            recipe = Path(__file__).resolve().parents[1] / "experiments" / "camvid_cpu.py"
+            c = load_config(f"{recipe}:heldout")
+            d, batch = c.data, c.train.batch_size
+            shape = dict(batch=batch, crop=d.crop_size, scale_range=d.scale_range)
+            with_jitter = time_device_augment(data_dir, jitter=d.color_jitter, **shape)
+            without = time_device_augment(data_dir, jitter=(0, 0, 0, 0), **shape)
+            print(
+                f"device augmentation: {with_jitter:.1f} ms per batch with colour jitter "
+                f"{tuple(d.color_jitter)}, {without:.1f} ms without (the CPU recipe's batch {batch}, "
+                f"{d.crop_size[0]}x{d.crop_size[1]} crops, scale {d.scale_range[0]}-{d.scale_range[1]})"
+            )
         batches = [int(b) for b in args.host_batches.split(",") if b.strip()]
         if batches:
             print("host time per step outside the jitted step's call (median), and the call itself:")
