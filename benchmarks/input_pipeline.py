@@ -133,10 +133,12 @@ def time_host_side(data_dir, path: str, batch: int, steps: int, crop=(128, 160))
     return {"outside_us": 1e6 * float(np.median(outside)), "call_us": 1e6 * float(np.median(call))}
 
 
-def time_device_augment(data_dir, batch: int, crop, scale_range, jitter, batches: int = 20) -> float:
+def time_device_augment(data_dir, batch: int, crop, scale_range, jitters, batches: int = 20) -> list[float]:
     """Milliseconds per global batch of the device path's augmentation alone (`device.batch`:
-    gather, scale, crop, flip and colour jitter, jitted), on the split `train`; the median
-    of five timings of `batches` batches each."""
+    gather, scale, crop, flip and colour jitter, jitted), on the split `train`, once per
+    colour jitter in `jitters`; each the median of five timings of `batches` batches. The
+    split is decoded and cached on the device once; only the jitter changes between them."""
+    import dataclasses
     import functools
 
     import jax
@@ -150,18 +152,21 @@ def time_device_augment(data_dir, batch: int, crop, scale_range, jitter, batches
         global_batch_size=batch,
         crop_size=tuple(crop),
         scale_range=tuple(scale_range),
-        jitter=tuple(jitter),
     )
-    fn = jax.jit(functools.partial(device.batch, loader.aug))
-    jax.block_until_ready(fn(loader.cache, 0))  # compile
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for i in range(batches):
-            out = fn(loader.cache, i)
-        jax.block_until_ready(out)
-        times.append(1e3 * (time.perf_counter() - start) / batches)
-    return float(np.median(times))
+    result = []
+    for jitter in jitters:
+        aug = dataclasses.replace(loader.aug, jitter=tuple(float(v) for v in jitter))
+        fn = jax.jit(functools.partial(device.batch, aug))
+        jax.block_until_ready(fn(loader.cache, 0))  # compile
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for i in range(batches):
+                out = fn(loader.cache, i)
+            jax.block_until_ready(out)
+            times.append(1e3 * (time.perf_counter() - start) / batches)
+        result.append(float(np.median(times)))
+    return result
 
 
 def main(argv=None) -> int:
@@ -218,9 +223,9 @@ def main(argv=None) -> int:
             recipe = Path(__file__).resolve().parents[1] / "experiments" / "camvid_cpu.py"
             c = load_config(f"{recipe}:heldout")
             d, batch = c.data, c.train.batch_size
-            shape = dict(batch=batch, crop=d.crop_size, scale_range=d.scale_range)
-            with_jitter = time_device_augment(data_dir, jitter=d.color_jitter, **shape)
-            without = time_device_augment(data_dir, jitter=(0, 0, 0, 0), **shape)
+            with_jitter, without = time_device_augment(
+                data_dir, batch, d.crop_size, d.scale_range, jitters=(d.color_jitter, (0, 0, 0, 0))
+            )
             print(
                 f"device augmentation: {with_jitter:.1f} ms per batch with colour jitter "
                 f"{tuple(d.color_jitter)}, {without:.1f} ms without (the CPU recipe's batch {batch}, "
