@@ -25,6 +25,8 @@ MODES = {
         "",
         "full",
         "heldout",
+        "fifth",
+        "fifth_heldout",
         "fourth",
         "fourth_heldout",
         "third",
@@ -115,19 +117,18 @@ def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one()
 
 def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_to():
     """The screening tables' rows changed the earlier recipes one key at a time; they must stay
-    reproducible as `first`, `second`, `third` and `fourth`, and each recipe may differ from the one
-    before only in the keys that were measured against it on the held-out drive
-    (docs/experiments.md)."""
+    reproducible as `first` to `fifth`, and each recipe may differ from the one before only in
+    the keys that were measured against it on the held-out drive (docs/experiments.md)."""
     first_to_second = ("data.crop_size", "train.steps", "loss.class_weighting")
     second_to_third = ("data.crop_size", "train.steps", "model.fc_channels")
-    third_to_fourth = fourth_to_recipe = ("data.scale_range",)
+    third_to_fourth = fourth_to_fifth = ("data.scale_range",)
+    fifth_to_recipe = ("data.color_jitter",)
+    jitter = tuple(_load("camvid_heldout.py", "jitter").data.color_jitter)
     for suffix in ("", "_heldout"):
-        recipe, fourth, third = (
-            _load("camvid_cpu.py", suffix.lstrip("_") or "full"),
-            _load("camvid_cpu.py", f"fourth{suffix}"),
-            _load("camvid_cpu.py", f"third{suffix}"),
+        recipe = _load("camvid_cpu.py", suffix.lstrip("_") or "full")
+        first, second, third, fourth, fifth = (
+            _load("camvid_cpu.py", f"{r}{suffix}") for r in ("first", "second", "third", "fourth", "fifth")
         )
-        second, first = _load("camvid_cpu.py", f"second{suffix}"), _load("camvid_cpu.py", f"first{suffix}")
         assert tuple(first.data.crop_size) == (128, 160) and first.train.steps == 3500
         assert first.loss.class_weighting == "none" and first.model.fc_channels == 4096
         assert tuple(second.data.crop_size) == (160, 200) and second.train.steps == 2800
@@ -136,11 +137,14 @@ def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_
         assert tuple(third.data.crop_size) == (192, 240) and third.train.steps == 3200
         assert third.model.fc_channels == 2048 and tuple(third.data.scale_range) == (0.3, 0.9)
         assert tuple(fourth.data.scale_range) == (0.4, 1.0)
-        assert tuple(recipe.data.scale_range) == (0.4, 1.2)
+        assert tuple(fifth.data.scale_range) == (0.4, 1.2)
+        assert tuple(fifth.data.color_jitter) == jitter and any(jitter)
+        assert not any(recipe.data.color_jitter)
         assert _without(second, first_to_second) == _without(first, first_to_second)
         assert _without(third, second_to_third) == _without(second, second_to_third)
         assert _without(fourth, third_to_fourth) == _without(third, third_to_fourth)
-        assert _without(recipe, fourth_to_recipe) == _without(fourth, fourth_to_recipe)
+        assert _without(fifth, fourth_to_fifth) == _without(fourth, fourth_to_fifth)
+        assert _without(recipe, fifth_to_recipe) == _without(fifth, fifth_to_recipe)
 
 
 def _without(c, keys: tuple[str, ...]) -> dict:
