@@ -76,7 +76,6 @@ def test_the_gpu_heldout_recipe_is_the_standard_one_on_the_heldout_drive():
         "8s_atonce": _load("camvid_fcn8s.py", "atonce"),
     }
     starts = {"32s": "", "16s": "runs/heldout_fcn32s", "8s": "runs/heldout_fcn16s", "8s_atonce": ""}
-    jitter = _load("camvid_heldout.py", "jitter").data.color_jitter
     for stage, base in standard.items():
         c = _load("camvid_gpu_heldout.py", stage)
         assert (c.data.train_split, c.data.eval_split, tuple(c.data.extra_eval_splits)) == (
@@ -85,7 +84,7 @@ def test_the_gpu_heldout_recipe_is_the_standard_one_on_the_heldout_drive():
             ("val",),
         )
         assert c.init_from == starts[stage]
-        assert tuple(c.data.color_jitter) == tuple(jitter) and any(jitter)
+        assert not any(c.data.color_jitter)
         assert tuple(c.data.scale_range) == (0.5, 1.5)
         changed = {"data", "init_from"}
         assert {k: v for k, v in c.to_dict().items() if k not in changed} == {
