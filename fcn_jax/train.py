@@ -15,11 +15,13 @@ What is refused or recovered, and where:
   newest intact one is resumed (`run.CheckpointStore`);
 - no state is saved unless every step since the last save kept it finite; a
   non-finite step stops the run (NonFiniteLoss) within one logging interval;
-- SIGINT / SIGTERM save the current step, then stop (Interrupted).
+- SIGINT / SIGTERM save the current step, then stop (Interrupted); a second signal
+  stops at once without saving (StoppedAtOnce).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -54,6 +56,19 @@ class Interrupted(Exception):
 
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; saved {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM arrived while the first was waiting to save: the run
+    stopped without saving; it resumes from its last checkpoint."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signum)
 
     @property
     def exit_code(self) -> int:
@@ -321,7 +336,7 @@ class MetricLog:
 
 class StopSignals:
     """SIGINT and SIGTERM ask the loop to save the current step and stop; a second
-    signal stops at once (KeyboardInterrupt). Installed only in the main thread."""
+    signal stops at once (StoppedAtOnce). Installed only in the main thread."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -339,7 +354,7 @@ class StopSignals:
         import signal
 
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         self.signum = signum
         if jax.process_index() == 0:
             print(
@@ -367,6 +382,28 @@ class StopSignals:
             signal.signal(s, handler)
 
 
+class StepPacer:
+    """Keeps the host at most `ahead` steps in front of the devices.
+
+    JAX dispatches a step and returns before it has run, and XLA:CPU queues many such
+    steps. Unbounded, the progress bar counts steps dispatched rather than done, and a
+    stop request (a signal) must wait for every queued step before it can save: tens
+    of seconds on a slow host, long enough for a user to press Ctrl-C again and lose
+    the step. Two steps ahead still keep an accelerator busy: the next step is queued
+    while the current one runs.
+    """
+
+    def __init__(self, ahead: int = 2):
+        self.ahead = ahead
+        self._queue: collections.deque = collections.deque()
+
+    def push(self, output: jax.Array) -> None:
+        """Note a step's output; wait until the one `ahead` steps before it is done."""
+        self._queue.append(output)
+        while len(self._queue) > self.ahead:
+            self._queue.popleft().block_until_ready()
+
+
 # -- the loop ---------------------------------------------------------------------
 
 
@@ -375,7 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, r
 
     `restart=True` moves a run already in `workdir` aside (to `<workdir>.old-<time>`)
     and starts a new one. Raises config.ConfigError, run.RunError (and its
-    RunLocked / IncompatibleRun), data.DataError, NonFiniteLoss or Interrupted.
+    RunLocked / IncompatibleRun), data.DataError, NonFiniteLoss, Interrupted or
+    StoppedAtOnce.
     """
     config_lib.check(config)
     root = Path(workdir).absolute()
@@ -493,6 +531,7 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
     if not on_device:  # batches cross to the devices two steps ahead of their use
         loader = data.Prefetcher(loader, mesh, size=2)
     t0, seen, host_s = time.perf_counter(), 0, 0.0
+    pacer = StepPacer()
     try:
         with StopSignals() as signals:
             for step in range(start, steps):
@@ -507,6 +546,7 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
                 host_s += time.perf_counter() - t_host  # the host's share; the call below is the device's
                 state, metrics = train_step(state, *inputs)
                 health = training.track_health(health, metrics, state.step)
+                pacer.push(metrics["loss"])
                 done = step + 1
                 seen += config.train.batch_size
                 bar.update(1)

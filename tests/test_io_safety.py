@@ -172,6 +172,10 @@ def test_failed_overwrite_leaves_the_old_dataset_then_a_good_one_replaces_it(
         assert prepare_cli(new_src, out, "--overwrite", "--workers", "1") == 2
         err = one_line_error(capsys)
         assert str(out / "camvid" / "1.0.0") in err and "No space left" in err and "unchanged" in err
+    elif failure == "interrupt (Ctrl-C)":
+        # via the CLI: one line, no traceback, the shell's exit code for SIGINT
+        assert prepare_cli(new_src, out, "--overwrite", "--workers", "1") == 130
+        assert one_line_error(capsys) == "fcn-jax prepare: interrupted"
     else:
         expected = type(FAILURES[failure])
         with pytest.raises(expected):

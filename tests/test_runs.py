@@ -6,6 +6,7 @@ CamVid crops, real orbax checkpoints on disk."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_camvid_subset
@@ -29,7 +31,7 @@ from training_helpers import (
     tree_digest,
 )
 
-from fcn_jax import checkpoints, cli, data
+from fcn_jax import checkpoints, cli, data, train
 from fcn_jax import run as run_lib
 from fcn_jax.models import FCN
 
@@ -162,6 +164,68 @@ def test_ctrl_c_saves_and_the_resumed_run_is_bitwise_equal(reference_run_host, c
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"checkpoints/{saved}" in r.stdout
     assert_trees(params_at(workdir), params_at(reference_run_host))
+
+
+def test_a_second_signal_stops_at_once_with_one_line_and_the_run_resumes(camvid_small, tmp_path):
+    """A second signal while the first waits for its step and save: no traceback, the
+    second signal's exit code, and the next run continues from a checkpoint that is whole.
+    (Two different signals: two of one kind sent together would arrive as one.)"""
+    workdir = tmp_path / "run"
+    proc = _start(workdir, camvid_small, "--config.train.steps=1000", "--config.train.checkpoint_every=2")
+    try:
+        _wait_for(workdir / "checkpoints" / "2", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "SIGINT: saving a checkpoint after this step" in err, err[-3000:]
+    (line,) = _error_lines(err)
+    newest = steps_in(workdir / "checkpoints")[-1]
+    assert line == (
+        f"fcn-jax train: stopped at once by a second signal (SIGTERM), without saving; "
+        f"the same command continues from step {newest}"
+    )
+    cut_short = [p.name for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()]
+    r = run(train_cmd(workdir, camvid_small, f"--config.train.steps={newest + 2}"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoints/{newest}" in r.stdout
+    assert [p.name for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()] == []
+    aside = [p.name for p in (workdir / "set_aside").glob("*")] if cut_short else []
+    assert all(any(a.startswith(f"checkpoints_{name}_incomplete") for a in aside) for name in cut_short)
+    assert steps_in(workdir / "checkpoints")[-1] == newest + 2
+
+
+def test_a_second_signal_raises_stopped_at_once_and_the_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(train.StoppedAtOnce) as stopped:
+        with train.StopSignals() as signals:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # Python runs the handler in this thread, between bytecodes
+            assert signals.requested(is_log_step=False) == signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            pytest.fail("the second SIGTERM did not stop at once")
+    assert stopped.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_host_stays_at_most_two_steps_ahead_of_the_devices():
+    """Unpaced, jax returns before a step has run and XLA:CPU queues many: the progress
+    bar would count steps not done, and a stop request would wait for all of them."""
+    slow = jax.jit(lambda x: jax.lax.fori_loop(0, 30, lambda _, y: jnp.tanh(y @ y), x))
+    x = jnp.full((384, 384), 1e-3)
+    unpaced = [slow(x)]
+    for _ in range(3):
+        unpaced.append(slow(unpaced[-1]))
+    assert not unpaced[0].is_ready(), "dispatch did not run ahead: this test could not fail"
+    jax.block_until_ready(unpaced)
+    pacer, outputs = train.StepPacer(ahead=2), [x]
+    for _ in range(5):
+        outputs.append(slow(outputs[-1]))
+        pacer.push(outputs[-1])
+        assert all(o.is_ready() for o in outputs[:-2])
 
 
 # -- config values checked before the first step -----------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 HELP = "Train an FCN from an experiment config."
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fcn_jax import config as config_lib
+    from fcn_jax import run as run_lib
     from fcn_jax import train
 
     def fail(message: str, code: int = 2) -> int:
@@ -57,6 +59,14 @@ def run(args: argparse.Namespace) -> int:
     except train.Interrupted as e:
         print(f"fcn-jax train: {e}; run the same command to continue", file=sys.stderr)
         return e.exit_code
+    except train.StoppedAtOnce as e:
+        saved = run_lib.Run(args.workdir).steps(run_lib.LATEST)
+        resume = f"continues from step {saved[-1]}" if saved else "starts again (no checkpoint was saved yet)"
+        name = signal.Signals(e.signum).name
+        return fail(
+            f"stopped at once by a second signal ({name}), without saving; the same command {resume}",
+            e.exit_code,
+        )
     except (OSError, ValueError) as e:  # bad config values, run dir, missing or bad data (DataError)
         return fail(str(e))
     return 0
