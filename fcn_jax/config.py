@@ -33,6 +33,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.extra_eval_splits = ()  # also evaluated and logged at each evaluation (e.g. ("val",))
     c.data.crop_size = (360, 480)  # random crop (padded with the ignore value where needed)
     c.data.scale_range = (0.75, 1.25)  # random rescale before the crop; None: no rescale
+    # Fill the zero padding the FCN puts around each training crop (geometry.plan: over a
+    # hundred pixels a side) with what surrounds the crop in the scaled frame, so the crop's
+    # scores see the context they would inside a whole frame, at the same step cost.
+    c.data.crop_context = False
     c.data.flip = True
     # Colour jitter (brightness, contrast, saturation, hue), on either input path: factors in
     # [1 - x, 1 + x] for the first three, a hue rotation in [-x, x] of a turn; 0: off.
@@ -245,6 +249,11 @@ def check(config: ml_collections.ConfigDict) -> None:
         crop is None or (isinstance(crop, tuple) and len(crop) == 2 and all(_positive_int(v) for v in crop)),
         "data.crop_size",
         "must be (height, width) with both >= 1, or None for whole images",
+    )
+    need(
+        isinstance(c.data.crop_context, bool) and (crop is not None or not c.data.crop_context),
+        "data.crop_context",
+        "must be True or False, and True needs a data.crop_size",
     )
     scale = c.data.scale_range
     need(

@@ -262,6 +262,11 @@ class Plan:
         return self.height.pad, self.width.pad
 
     @property
+    def padded(self) -> tuple[int, int]:
+        """(H, W) the network runs on: the image and its padding."""
+        return self.height.length + sum(self.height.pad), self.width.length + sum(self.width.pad)
+
+    @property
     def kernels(self) -> dict[int, int]:
         """Upsampled stride -> square kernel taps (the same along both axes)."""
         assert self.height.kernels == self.width.kernels

@@ -333,13 +333,28 @@ class FCN(nn.Module):
         return Upsample(factor, self.trainable_upsampling, self.dtype, self.ops, kernel_size, name=name)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, train: bool = False, window: tuple[int, int] | None = None
+    ) -> jax.Array:
+        """Scores (N, H, W, classes) for images (N, H, W, 3), which the network sees padded
+        with zeros (`geometry.plan`).
+
+        With `window` = (h, w), the images already carry that padding around an (h, w)
+        window, filled with whatever surrounds the window (a training crop with its context,
+        `data.crop_context`): they are (N, *geometry.plan(h, w).padded, 3), run as they are,
+        and the scores are the window's, (N, h, w, classes)."""
         self.setup_check()
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be (N, H, W, 3), got shape {images.shape}")
-        n, h, w, _ = images.shape
+        h, w = images.shape[1:3] if window is None else window
         plan = geometry.plan(h, w, self.variant, self.backbone)
-        x = jnp.pad(images.astype(self.dtype), ((0, 0), plan.height.pad, plan.width.pad, (0, 0)))
+        x = images.astype(self.dtype)
+        if window is None:
+            x = jnp.pad(x, ((0, 0), plan.height.pad, plan.width.pad, (0, 0)))
+        elif images.shape[1:3] != plan.padded:
+            raise ValueError(
+                f"images with a {h}x{w} window must be its padded size {plan.padded}, got {images.shape[1:3]}"
+            )
 
         taps = features(x, self.backbone, self.dtype, self.ops, norm=self.norm)
         for name, value in taps.items():  # for inspection: apply(..., mutable="intermediates")

@@ -38,9 +38,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fcn_jax import config as config_lib
-from fcn_jax import fsutil, training
+from fcn_jax import fsutil, geometry, training
 from fcn_jax import run as run_lib
 from fcn_jax.data import device as device_data
+from fcn_jax.data import transforms
 from fcn_jax.models import FCN, ModelSpec
 
 
@@ -134,6 +135,16 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def crop_margin(config: ml_collections.ConfigDict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The context each training crop's image carries around it: with `data.crop_context`,
+    the padding the model adds around an image of the crop's size (`geometry.plan`), which
+    is then filled from the scaled frame instead of with zeros; else none."""
+    if not config.data.crop_context:
+        return transforms.NO_MARGIN
+    m = config.model
+    return geometry.plan(*config.data.crop_size, m.variant, m.backbone).pads
+
+
 def make_loader(config: ml_collections.ConfigDict, data_dir: Path, mesh):
     """The training input path `config.data.device_cache` selects: the train split on the
     devices, batches built inside the step (`data.device.DeviceLoader`), when it fits
@@ -149,6 +160,7 @@ def make_loader(config: ml_collections.ConfigDict, data_dir: Path, mesh):
         flip=d.flip,
         seed=config.seed,
         jitter=tuple(d.color_jitter),
+        margin=crop_margin(config),
     )
     size = device_data.cache_bytes(data_dir, d.train_split)
     if d.device_cache == "on" or (d.device_cache == "auto" and size <= d.device_cache_mb * 2**20):
@@ -502,6 +514,7 @@ def _train(config: ml_collections.ConfigDict, run: run_lib.Run) -> dict:
         device_data=loader.aug if on_device else None,
         focal_gamma=config.loss.focal_gamma,
         lovasz_weight=config.loss.lovasz_weight,
+        context=config.data.crop_context,
     )
     store = run_lib.CheckpointStore(run, keep=config.train.keep_checkpoints)
     restored = store.restore_latest(abstract)

@@ -209,12 +209,16 @@ def train_step(
     class_weights: jax.Array | None = None,
     focal_gamma: float = 0.0,
     lovasz_weight: float = 0.0,
+    context: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step. With `context`, the batch's images are its labels' windows with
+    the FCN's padding filled by their surroundings (`data.crop_context`, `FCN.__call__`)."""
     rng = jax.random.fold_in(state.rng, state.step)
+    window = tuple(batch["label"].shape[1:3]) if context else None
 
     def loss_fn(params):
         logits = model.apply(
-            {"params": params}, model_inputs(batch["image"]), train=True, rngs={"dropout": rng}
+            {"params": params}, model_inputs(batch["image"]), train=True, window=window, rngs={"dropout": rng}
         )
         return segmentation_loss(
             logits, batch["label"], ignore_index, class_weights, focal_gamma, lovasz_weight
@@ -313,6 +317,7 @@ def compile_steps(
     device_data=None,
     focal_gamma: float = 0.0,
     lovasz_weight: float = 0.0,
+    context: bool = False,
 ) -> tuple[Callable, Callable]:
     """(train_step, eval_step) jitted once: batch sharded on "data", the rest replicated.
 
@@ -331,6 +336,7 @@ def compile_steps(
         class_weights=cw,
         focal_gamma=float(focal_gamma),
         lovasz_weight=float(lovasz_weight),
+        context=bool(context),
     )
     if device_data is None:
         train = jax.jit(

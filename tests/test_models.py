@@ -105,6 +105,28 @@ def test_output_pixel_is_aligned_with_input_pixel(variant):
     assert np.abs(shifted - shifted[::-1]).max() > 1e-3 * np.abs(band).max()
 
 
+def test_a_window_runs_on_its_padding_filled_with_context():
+    """`window=(h, w)`: the images are the window with the padding the model would add, so
+    zeros there give the plain call's scores, and anything else changes them."""
+    model = FCN(NUM_CLASSES, "8s", fc_channels=64)
+    params = _mirror_symmetric(init_params(model, jax.random.key(1)), jax.random.key(2))
+    image = jax.random.normal(jax.random.key(3), (2, 40, 56, 3))
+    plan = geometry.plan(40, 56, "8s")
+    canvas = jnp.pad(image, ((0, 0), *plan.pads, (0, 0)))
+    assert canvas.shape[1:3] == plan.padded
+    apply = jax.jit(model.apply, static_argnames="window")
+    plain = np.asarray(apply({"params": params}, image))
+    zeros = np.asarray(apply({"params": params}, canvas, window=(40, 56)))
+    np.testing.assert_allclose(zeros, plain, atol=1e-5 * np.abs(plain).max())
+    (top, _), (left, _) = plan.pads
+    noise = jax.random.normal(jax.random.key(4), canvas.shape).at[:, top : top + 40, left : left + 56].set(0)
+    context = canvas + noise  # the window itself unchanged
+    seen = np.asarray(apply({"params": params}, context, window=(40, 56)))
+    assert seen.shape == plain.shape and np.abs(seen - plain).max() > 1e-2 * np.abs(plain).max()
+    with pytest.raises(ValueError, match="padded size"):
+        model.apply({"params": params}, image, window=(40, 56))
+
+
 # -- upsampling -----------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ of (seed, epoch, position in the epoch), computed on the devices:
 
 - the epoch's order: a permutation drawn from (seed, epoch);
 - per example, from (seed, epoch, position): a scale in `scale_range`, a crop window of the
-  scaled image padded to `crop_size` (mean colour / ignore value), and a flip;
+  scaled image padded to `crop_size` (mean colour / ignore value), and a flip; with a
+  `margin`, the image (not the label) is that window widened by the margin;
 - the image is resized by PIL's bilinear filter (a triangle kernel widened by the scale
   factor when shrinking: antialiased), written as two small matrix products per example;
   the label nearest-neighbour, by an exact integer formula that `transforms.resize_pair`
@@ -66,6 +67,7 @@ class Augment:
     seed: int
     ignore_index: int
     jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue
+    margin: tuple[tuple[int, int], tuple[int, int]] = transforms.NO_MARGIN  # context around the image's crop
     nan_at_batch: int = -1  # fault injection for tests: poison this global batch
 
     @property
@@ -175,33 +177,39 @@ def jitter(image: jax.Array, inside: jax.Array, d: Draw) -> jax.Array:
 
 def apply(aug: Augment, image: jax.Array, label: jax.Array, size: jax.Array, d: Draw):
     """One example: `image` (H, W, 3) uint8 and `label` (H, W) uint8 padded beyond `size`,
-    augmented by `d` -> (crop_h, crop_w, 3) uint8, (crop_h, crop_w) uint8."""
+    augmented by `d` -> (crop_h + margin, crop_w + margin, 3) uint8, (crop_h, crop_w) uint8,
+    as `transforms.apply_augmentation`."""
     h, w = size[0], size[1]
     if aug.crop_size is None:
-        out_h, out_w = image.shape[:2]
         img, lab = image, label
+        inside = jnp.ones(img.shape[:2], bool)
     else:
-        out_h, out_w = aug.crop_size
-        rows = d.top + jnp.arange(out_h)  # in the scaled image
-        cols = d.left + jnp.arange(out_w)
-        inside = (rows < d.height)[:, None] & (cols < d.width)[None, :]
+        ch, cw = aug.crop_size
+        (mt, mb), (ml, mr) = aug.margin
+        out_h, out_w = ch + mt + mb, cw + ml + mr
+        top, left = d.top - mt, d.left - jnp.where(d.flip, mr, ml)  # image window, scaled image
+        rows, cols = top + jnp.arange(out_h), left + jnp.arange(out_w)
+        inside = ((rows >= 0) & (rows < d.height))[:, None] & ((cols >= 0) & (cols < d.width))[None, :]
         # Image: horizontal pass then vertical, each in PIL's 22-bit fixed point and rounded
         # to 8 bits: integer sums, so the result does not depend on how XLA orders them
         # (nor on how a batch is split over devices), and it matches PIL's.
-        wx = _fixed_point(bilinear_weights(w, d.width, d.left, out_w, image.shape[1]))
-        wy = _fixed_point(bilinear_weights(h, d.height, d.top, out_h, image.shape[0]))
+        wx = _fixed_point(bilinear_weights(w, d.width, left, out_w, image.shape[1]))
+        wy = _fixed_point(bilinear_weights(h, d.height, top, out_h, image.shape[0]))
         x = _from_fixed(
             jnp.einsum("hwc,ow->hoc", image.astype(jnp.int32), wx, preferred_element_type=jnp.int32)
         )
         x = _from_fixed(jnp.einsum("hoc,ph->poc", x, wy, preferred_element_type=jnp.int32))
         pad = jnp.asarray(transforms.PAD_RGB, jnp.int32)
         img = jnp.where(inside[..., None], x, pad).astype(jnp.uint8)
+        rows, cols = d.top + jnp.arange(ch), d.left + jnp.arange(cw)  # label window
         src_r = jnp.clip(nearest_index(h, d.height, rows), 0, label.shape[0] - 1)
         src_c = jnp.clip(nearest_index(w, d.width, cols), 0, label.shape[1] - 1)
-        lab = jnp.where(inside, label[src_r[:, None], src_c[None, :]], jnp.uint8(aug.ignore_index))
+        lab = jnp.where(
+            (rows < d.height)[:, None] & (cols < d.width)[None, :],
+            label[src_r[:, None], src_c[None, :]],
+            jnp.uint8(aug.ignore_index),
+        )
     if any(aug.jitter):
-        if aug.crop_size is None:
-            inside = jnp.ones(img.shape[:2], bool)
         img = jitter(img.astype(jnp.uint8), inside, d)
     if aug.flip:
         img = jnp.where(d.flip, img[:, ::-1], img)
@@ -254,6 +262,7 @@ class DeviceLoader:
         flip: bool = True,
         seed: int = 0,
         jitter=(0.0, 0.0, 0.0, 0.0),
+        margin=transforms.NO_MARGIN,
         nan_at_batch: int = -1,
         progress: bool = False,
     ):
@@ -288,6 +297,7 @@ class DeviceLoader:
             seed=self.seed,
             ignore_index=meta.ignore_index,
             jitter=tuple(float(v) for v in jitter),
+            margin=transforms.check_margin(margin, crop_size),
             nan_at_batch=nan_at_batch,
         )
         hmax, wmax = shapes.max(axis=0)

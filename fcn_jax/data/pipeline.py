@@ -65,6 +65,8 @@ class TrainLoader:
     Yields {"image": float32 (L, h, w, 3) normalised, "label": uint8 (L, h, w)},
     L = global_batch_size // process_count. Each epoch drops its last partial global batch.
     `crop_size=None` gives whole images without scaling (all images must have one size).
+    A `margin` ((top, bottom), (left, right)) widens each image, not its label, by that much
+    context around the crop (`transforms.apply_augmentation`).
     `get_state()` / `set_state()` use a small JSON-serialisable dict.
 
     For fast accelerators: `cache=True` keeps decoded examples in memory after their first
@@ -89,6 +91,7 @@ class TrainLoader:
         cache: bool = False,
         normalize: bool = True,
         jitter=(0.0, 0.0, 0.0, 0.0),
+        margin=transforms.NO_MARGIN,
     ):
         self.meta = load_meta(data_dir)
         self.split = split
@@ -122,6 +125,7 @@ class TrainLoader:
         self.scale_range = None if scale_range is None else tuple(float(s) for s in scale_range)
         self.flip = bool(flip)
         self.jitter = tuple(float(v) for v in jitter)
+        self.margin = transforms.check_margin(margin, self.crop_size)
         self.seed = int(seed)
         self.num_threads = _threads(num_threads)
         self.prefetch = prefetch or max(2 * self.local_batch_size, self.num_threads)
@@ -162,6 +166,7 @@ class TrainLoader:
             flip=self.flip,
             ignore_index=self.meta.ignore_index,
             jitter=self.jitter,
+            margin=self.margin,
         )
         image = transforms.normalize(image) if self.normalize else np.ascontiguousarray(image)
         return {"image": image, "label": np.ascontiguousarray(label, np.uint8)}

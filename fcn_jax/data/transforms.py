@@ -67,22 +67,35 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size_hw: tuple[int, int]):
     return img, lab
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, min_hw: tuple[int, int], ignore_index: int):
-    """Pad bottom/right up to at least `min_hw`: image with the mean colour, label with ignore."""
-    h, w = label.shape
-    ph, pw = max(min_hw[0] - h, 0), max(min_hw[1] - w, 0)
-    if ph == 0 and pw == 0:
-        return image, label
-    img = np.empty((h + ph, w + pw, 3), np.uint8)
-    img[...] = PAD_RGB
-    img[:h, :w] = image
-    lab = np.full((h + ph, w + pw), ignore_index, np.uint8)
-    lab[:h, :w] = label
-    return img, lab
+def window(a: np.ndarray, top: int, left: int, size: tuple[int, int], fill) -> tuple[np.ndarray, np.ndarray]:
+    """`a[top : top + h, left : left + w]` where it lies inside `a`, `fill` elsewhere (the
+    corner may be negative or the window run past `a`), and where it lies inside."""
+    h, w = size
+    rows, cols = top + np.arange(h), left + np.arange(w)
+    inside = ((rows >= 0) & (rows < a.shape[0]))[:, None] & ((cols >= 0) & (cols < a.shape[1]))[None, :]
+    out = np.empty((h, w, *a.shape[2:]), a.dtype)
+    out[...] = fill
+    r0, r1 = max(top, 0), min(top + h, a.shape[0])
+    c0, c1 = max(left, 0), min(left + w, a.shape[1])
+    if r0 < r1 and c0 < c1:
+        out[r0 - top : r1 - top, c0 - left : c1 - left] = a[r0:r1, c0:c1]
+    return out, inside
 
 
-# Photometric augmentation (colour jitter), applied to the crop's image pixels (not the
-# padding), in this order, each result clipped to [0, 255] as torchvision's ColorJitter
+NO_MARGIN = ((0, 0), (0, 0))
+
+
+def check_margin(margin, crop_size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`margin` as ((top, bottom), (left, right)) ints; refused when negative or without a crop."""
+    (mt, mb), (ml, mr) = margin
+    out = ((int(mt), int(mb)), (int(ml), int(mr)))
+    if min(mt, mb, ml, mr) < 0 or (crop_size is None and out != NO_MARGIN):
+        raise ValueError(f"margin must be >= 0 and needs a crop_size: {margin}, crop_size={crop_size}")
+    return out
+
+
+# Photometric augmentation (colour jitter), applied to the image pixels of the crop and its
+# margin (not the padding), in this order, each result clipped to [0, 255] as torchvision's ColorJitter
 # does: brightness (scale), contrast (blend with the mean grey), saturation (blend with the
 # grey image), hue (rotation of the chroma plane in YIQ, by a fraction of a full turn).
 # The device path (data.device.jitter) computes the same function with jax.
@@ -156,19 +169,26 @@ def apply_augmentation(
     *,
     crop_size: tuple[int, int] | None,
     ignore_index: int,
+    margin: tuple[tuple[int, int], tuple[int, int]] = NO_MARGIN,
 ):
-    """Resize to the drawn size, pad to `crop_size` (mean colour / ignore value), crop at
-    the drawn corner, jitter the colours of the image pixels, flip if drawn. uint8 in,
-    uint8 out."""
+    """Resize to the drawn size, crop at the drawn corner (the mean colour / ignore value
+    past the image), jitter the colours of the image pixels, flip if drawn. uint8 in, uint8
+    out.
+
+    `margin` ((top, bottom), (left, right)) widens the image, not the label, by that much
+    around the crop: what surrounds the crop in the scaled image, the mean colour past it
+    (`data.crop_context`). A flipped crop takes its left margin from the right, so that the
+    crop sits at the same place in the image after the flip."""
     h, w, top, left, flipped, *factors = draw
     inside = np.ones(label.shape, bool)
     if crop_size is not None:
         image, label = resize_pair(image, label, (h, w))
-        image, label = pad_to(image, label, crop_size, ignore_index)
         ch, cw = crop_size
-        image, label = image[top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
-        rows, cols = top + np.arange(ch), left + np.arange(cw)
-        inside = (rows < h)[:, None] & (cols < w)[None, :]
+        (mt, mb), (ml, mr) = margin
+        if flipped:
+            ml, mr = mr, ml
+        label, _ = window(label, top, left, crop_size, ignore_index)
+        image, inside = window(image, top - mt, left - ml, (ch + mt + mb, cw + ml + mr), PAD_RGB)
     if factors:
         image = color_jitter(image, inside, factors)
     if flipped:
@@ -186,10 +206,13 @@ def augment(
     flip: bool,
     ignore_index: int,
     jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+    margin: tuple[tuple[int, int], tuple[int, int]] = NO_MARGIN,
 ):
-    """Random scale, random crop to `crop_size` (padding as needed), colour jitter,
-    horizontal flip."""
+    """Random scale, random crop to `crop_size` (padding as needed) with `margin` of context
+    around the image's crop, colour jitter, horizontal flip."""
     draw = draw_augmentation(
         label.shape, rng, crop_size=crop_size, scale_range=scale_range, flip=flip, jitter=jitter
     )
-    return apply_augmentation(image, label, draw, crop_size=crop_size, ignore_index=ignore_index)
+    return apply_augmentation(
+        image, label, draw, crop_size=crop_size, ignore_index=ignore_index, margin=margin
+    )
