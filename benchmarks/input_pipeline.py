@@ -133,11 +133,12 @@ def time_host_side(data_dir, path: str, batch: int, steps: int, crop=(128, 160))
     return {"outside_us": 1e6 * float(np.median(outside)), "call_us": 1e6 * float(np.median(call))}
 
 
-def time_device_augment(data_dir, batch: int, crop, scale_range, jitters, batches: int = 20) -> list[float]:
+def time_device_augment(data_dir, batch: int, crop, scale_range, variants, batches: int = 20) -> list[float]:
     """Milliseconds per global batch of the device path's augmentation alone (`device.batch`:
     gather, scale, crop, flip and colour jitter, jitted), on the split `train`, once per
-    colour jitter in `jitters`; each the median of five timings of `batches` batches. The
-    split is decoded and cached on the device once; only the jitter changes between them."""
+    (colour jitter, margin) in `variants`; each the median of five timings of `batches`
+    batches. The split is decoded and cached on the device once; only the jitter and the
+    crop's margin of context change between them."""
     import dataclasses
     import functools
 
@@ -154,8 +155,8 @@ def time_device_augment(data_dir, batch: int, crop, scale_range, jitters, batche
         scale_range=tuple(scale_range),
     )
     result = []
-    for jitter in jitters:
-        aug = dataclasses.replace(loader.aug, jitter=tuple(float(v) for v in jitter))
+    for jitter, margin in variants:
+        aug = dataclasses.replace(loader.aug, jitter=tuple(float(v) for v in jitter), margin=margin)
         fn = jax.jit(functools.partial(device.batch, aug))
         jax.block_until_ready(fn(loader.cache, 0))  # compile
         times = []
@@ -218,18 +219,27 @@ def main(argv=None) -> int:
             fast = time_pipeline(data_dir, args.batch, args.steps, 2, args.threads, fast=True)
             print(f"  cache+uint8  : {fast:8.1f} images/s  (decoded cache warm, normalise on device)")
         if args.augment:
+            from fcn_jax import train
             from fcn_jax.config import load_config
+            from fcn_jax.data.transforms import NO_MARGIN
 
             recipe = Path(__file__).resolve().parents[1] / "experiments" / "camvid_cpu.py"
             # The recipe with colour jitter; the same batch, crops and scales as the recipe.
             c = load_config(f"{recipe}:fifth_heldout")
             d, batch = c.data, c.train.batch_size
-            with_jitter, without = time_device_augment(
-                data_dir, batch, d.crop_size, d.scale_range, jitters=(d.color_jitter, (0, 0, 0, 0))
+            c.data.crop_context = True
+            none, context = (0, 0, 0, 0), train.crop_margin(c)
+            with_jitter, without, with_context = time_device_augment(
+                data_dir,
+                batch,
+                d.crop_size,
+                d.scale_range,
+                variants=((d.color_jitter, NO_MARGIN), (none, NO_MARGIN), (none, context)),
             )
             print(
                 f"device augmentation: {with_jitter:.1f} ms per batch with colour jitter "
-                f"{tuple(d.color_jitter)}, {without:.1f} ms without (the CPU recipe's batch {batch}, "
+                f"{tuple(d.color_jitter)}, {without:.1f} ms without, {with_context:.1f} ms without "
+                f"and with data.crop_context (images {context} wider) (the CPU recipe's batch {batch}, "
                 f"{d.crop_size[0]}x{d.crop_size[1]} crops, scale {d.scale_range[0]}-{d.scale_range[1]})"
             )
         batches = [int(b) for b in args.host_batches.split(",") if b.strip()]

@@ -35,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.scale_range = (0.75, 1.25)  # random rescale before the crop; None: no rescale
     # Fill the zero padding the FCN puts around each training crop (geometry.plan: over a
     # hundred pixels a side) with what surrounds the crop in the scaled frame, so the crop's
-    # scores see the context they would inside a whole frame, at the same step cost.
+    # scores see the context they would inside a whole frame. The network's work is the same;
+    # the input path resamples the larger window (benchmarks/input_pipeline.py --augment).
     c.data.crop_context = False
     c.data.flip = True
     # Colour jitter (brightness, contrast, saturation, hue), on either input path: factors in
