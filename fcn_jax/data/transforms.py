@@ -94,10 +94,11 @@ def check_margin(margin, crop_size) -> tuple[tuple[int, int], tuple[int, int]]:
     return out
 
 
-# Photometric augmentation (colour jitter), applied to the image pixels of the crop and its
-# margin (not the padding), in this order, each result clipped to [0, 255] as torchvision's ColorJitter
-# does: brightness (scale), contrast (blend with the mean grey), saturation (blend with the
-# grey image), hue (rotation of the chroma plane in YIQ, by a fraction of a full turn).
+# Photometric augmentation (colour jitter), applied to the image pixels of the crop and of
+# its margin (not the padding), in this order, each result clipped to [0, 255] as
+# torchvision's ColorJitter does: brightness (scale), contrast (blend with the mean grey),
+# saturation (blend with the grey image), hue (rotation of the chroma plane in YIQ, by a
+# fraction of a full turn).
 # The device path (data.device.jitter) computes the same function with jax.
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
