@@ -1,8 +1,8 @@
 """The device-resident input path against the host pipeline: the same draws give the same
 label maps, crop windows (with or without their context) and flips, and images within 2
-intensity levels (3 with colour jitter); batches are a pure
-function of (seed, epoch, position); the loader state resumes exactly and refuses the other
-path's. Real CamVid images."""
+intensity levels (3 with colour jitter); batches are a pure function of (seed, epoch,
+position); the loader state resumes exactly and refuses the other path's. Real CamVid
+images."""
 
 from __future__ import annotations
 
