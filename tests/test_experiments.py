@@ -25,6 +25,8 @@ MODES = {
         "",
         "full",
         "heldout",
+        "sixth",
+        "sixth_heldout",
         "fifth",
         "fifth_heldout",
         "fourth",
@@ -116,17 +118,19 @@ def test_the_cpu_recipe_trains_on_every_drive_unless_asked_for_the_heldout_one()
 
 def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_to():
     """The screening tables' rows changed the earlier recipes one key at a time; they must stay
-    reproducible as `first` to `fifth`, and each recipe may differ from the one before only in
+    reproducible as `first` to `sixth`, and each recipe may differ from the one before only in
     the keys that were measured against it on the held-out drive (docs/experiments.md)."""
     first_to_second = ("data.crop_size", "train.steps", "loss.class_weighting")
     second_to_third = ("data.crop_size", "train.steps", "model.fc_channels")
     third_to_fourth = fourth_to_fifth = ("data.scale_range",)
-    fifth_to_recipe = ("data.color_jitter",)
+    fifth_to_sixth = ("data.color_jitter",)
+    sixth_to_recipe = ("data.crop_context",)
     jitter = tuple(_load("camvid_heldout.py", "jitter").data.color_jitter)
     for suffix in ("", "_heldout"):
         recipe = _load("camvid_cpu.py", suffix.lstrip("_") or "full")
-        first, second, third, fourth, fifth = (
-            _load("camvid_cpu.py", f"{r}{suffix}") for r in ("first", "second", "third", "fourth", "fifth")
+        first, second, third, fourth, fifth, sixth = (
+            _load("camvid_cpu.py", f"{r}{suffix}")
+            for r in ("first", "second", "third", "fourth", "fifth", "sixth")
         )
         assert tuple(first.data.crop_size) == (128, 160) and first.train.steps == 3500
         assert first.loss.class_weighting == "none" and first.model.fc_channels == 4096
@@ -138,12 +142,14 @@ def test_each_cpu_recipe_differs_from_the_one_before_only_where_it_was_measured_
         assert tuple(fourth.data.scale_range) == (0.4, 1.0)
         assert tuple(fifth.data.scale_range) == (0.4, 1.2)
         assert tuple(fifth.data.color_jitter) == jitter and any(jitter)
-        assert not any(recipe.data.color_jitter)
+        assert not any(sixth.data.color_jitter) and not sixth.data.crop_context
+        assert recipe.data.crop_context
         assert _without(second, first_to_second) == _without(first, first_to_second)
         assert _without(third, second_to_third) == _without(second, second_to_third)
         assert _without(fourth, third_to_fourth) == _without(third, third_to_fourth)
         assert _without(fifth, fourth_to_fifth) == _without(fourth, fourth_to_fifth)
-        assert _without(recipe, fifth_to_recipe) == _without(fifth, fifth_to_recipe)
+        assert _without(sixth, fifth_to_sixth) == _without(fifth, fifth_to_sixth)
+        assert _without(recipe, sixth_to_recipe) == _without(sixth, sixth_to_recipe)
 
 
 def _without(c, keys: tuple[str, ...]) -> dict:
