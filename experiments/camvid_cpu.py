@@ -23,8 +23,8 @@ well (moving the range up to 0.5-1.1 instead gained nothing); and then without t
 jitter, which on average cost a little on the held-out drive and more on val; and then with
 the crop's context (`data.crop_context`): each crop runs inside the image around it instead
 of the zeros the network pads it with, as a pixel does inside a whole frame at evaluation
-(a point higher on the held-out drive on average, level augmented, for a tenth more time
-per step on a 2-core CPU).
+(higher on the held-out drive and val on average, level augmented, for a little more time
+per step: the input path resamples the wider window).
 
 The earlier recipes stay here, so that the rows measured on them can be run again: the
 first CPU recipe, which the screening table's rows changed one key at a time, as `first`
